@@ -1,0 +1,244 @@
+"""On-disk layout of an lhcad dataset: sharded HDF5 files plus a JSON manifest.
+
+    <dataset>/
+      manifest.json            generation config, per-shard counts and sha256 checksums, per sample
+      qcd/shard_00000.h5       one HDF5 file per shard; one 1-D dataset per column,
+      qcd/shard_00001.h5       images (n, 40, 40) and constituents (n, K, 4) as their own datasets
+      signal/shard_00000.h5
+      ...
+
+Shards are written to a temporary file and renamed into place, and the manifest is rewritten
+atomically under a file lock, so a killed writer never leaves a corrupt shard or manifest behind.
+:func:`read_sample` checks every shard against the manifest before returning anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+MANIFEST = "manifest.json"
+FORMAT = "lhcad-dataset"
+FORMAT_VERSION = 1
+
+GENERATE_HINT = (
+    "make it with `lhcad-generate sample={sample} out={path}` (see README, 'Data'), "
+    "or convert the LHC Olympics files with `lhcad-convert-lhco`"
+)
+
+
+class DatasetError(RuntimeError):
+    """A dataset on disk is missing, incomplete or does not match its manifest."""
+
+
+def shard_path(root: Path | str, sample: str, index: int) -> Path:
+    """Path of shard ``index`` of ``sample`` under ``root``."""
+    return Path(root) / sample / f"shard_{index:05d}.h5"
+
+
+def sha256_file(path: Path | str, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(path: Path | str, columns: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None) -> str:
+    """Write one shard atomically (temporary file + rename) and return its sha256.
+
+    Every array must have the same first dimension. Arrays are stored chunked and compressed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lengths = {k: len(v) for k, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"columns of a shard must have equal length, got {lengths}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+            for name, arr in columns.items():
+                arr = np.ascontiguousarray(arr)
+                chunks = (min(len(arr), 4096 if arr.ndim == 1 else 256), *arr.shape[1:]) if len(arr) else None
+                f.create_dataset(
+                    name, data=arr, chunks=chunks, compression="gzip" if len(arr) else None,
+                    compression_opts=4 if len(arr) else None, shuffle=bool(len(arr)), track_times=False,
+                )
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = sha256_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def read_shard(path: Path | str, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """All (or the named) arrays of one shard file."""
+    with h5py.File(path, "r") as f:
+        names = list(f.keys()) if columns is None else list(columns)
+        missing = [c for c in names if c not in f]
+        if missing:
+            raise DatasetError(f"{path} has no column(s) {missing}; it holds {sorted(f.keys())}")
+        return {c: f[c][()] for c in names}
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+
+@contextlib.contextmanager
+def manifest_lock(root: Path | str) -> Iterator[None]:
+    """Exclusive lock on a dataset's manifest (several writers may share one directory)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".manifest.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def load_manifest(root: Path | str, *, must_exist: bool = True) -> dict[str, Any]:
+    """Parsed manifest of a dataset (an empty one if absent and ``must_exist`` is False)."""
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        if must_exist:
+            raise DatasetError(
+                f"no lhcad dataset at {Path(root).resolve()} (no {MANIFEST}); "
+                + GENERATE_HINT.format(sample="qcd", path=root)
+            )
+        return {"format": FORMAT, "version": FORMAT_VERSION, "samples": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc}); regenerate the dataset") from exc
+    if manifest.get("format") != FORMAT:
+        raise DatasetError(f"{path} is not an lhcad dataset manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise DatasetError(f"{path} has format version {manifest.get('version')}, this lhcad reads {FORMAT_VERSION}")
+    return manifest
+
+
+def save_manifest(root: Path | str, manifest: Mapping[str, Any]) -> None:
+    """Write the manifest atomically (call under :func:`manifest_lock`)."""
+    atomic_write_bytes(Path(root) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+
+def update_sample(root: Path | str, sample: str, update: Mapping[str, Any]) -> dict[str, Any]:
+    """Read-modify-write one sample's manifest entry under the lock; returns the new entry."""
+    with manifest_lock(root):
+        manifest = load_manifest(root, must_exist=False)
+        entry = dict(manifest["samples"].get(sample, {}))
+        entry.update(update)
+        shards = entry.get("shards", {})
+        entry["n_events"] = int(sum(s["n_events"] for s in shards.values()))
+        manifest["samples"][sample] = entry
+        save_manifest(root, manifest)
+    return entry
+
+
+def record_shard(root: Path | str, sample: str, index: int, info: Mapping[str, Any]) -> None:
+    """Add (or replace) one finished shard in a sample's manifest entry, under the lock."""
+    with manifest_lock(root):
+        manifest = load_manifest(root, must_exist=False)
+        entry = manifest["samples"].setdefault(sample, {})
+        entry.setdefault("shards", {})[str(index)] = dict(info)
+        entry["n_events"] = int(sum(s["n_events"] for s in entry["shards"].values()))
+        save_manifest(root, manifest)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def sample_info(root: Path | str, sample: str) -> dict[str, Any]:
+    """Manifest entry of ``sample``, with a clear error when the dataset lacks it."""
+    manifest = load_manifest(root)
+    if sample not in manifest["samples"] or not manifest["samples"][sample].get("shards"):
+        have = sorted(k for k, v in manifest["samples"].items() if v.get("shards"))
+        raise DatasetError(
+            f"dataset {Path(root).resolve()} has no sample '{sample}' (it has {have}); "
+            + GENERATE_HINT.format(sample=sample, path=root)
+        )
+    return manifest["samples"][sample]
+
+
+def verify_sample(root: Path | str, sample: str) -> list[Path]:
+    """Check every shard of a sample against the manifest (presence, checksum); return their paths in order."""
+    root = Path(root)
+    entry = sample_info(root, sample)
+    shards = entry["shards"]
+    paths = []
+    for key in sorted(shards, key=int):
+        info = shards[key]
+        path = root / info["file"]
+        if not path.exists():
+            raise DatasetError(
+                f"shard {path} listed in {root / MANIFEST} is missing; re-run the same "
+                f"`lhcad-generate sample={sample} out={root}` command to regenerate it"
+            )
+        digest = sha256_file(path)
+        if digest != info["sha256"]:
+            raise DatasetError(
+                f"shard {path} is corrupt or was modified (sha256 {digest[:12]}... does not match the "
+                f"manifest's {info['sha256'][:12]}...); delete it and re-run `lhcad-generate sample={sample} "
+                f"out={root}` to regenerate it"
+            )
+        paths.append(path)
+    return paths
+
+
+def read_sample(
+    root: Path | str, name: str, columns: Sequence[str] | None = None, *, verify: bool = True
+) -> dict[str, np.ndarray]:
+    """Columns of sample ``name`` in dataset ``root`` as a mapping column -> numpy array.
+
+    Scalar columns are 1-D arrays of length n_events; images are (n, npix, npix) and constituents
+    (n, K, 4) arrays under their own keys (``j1_image``, ``j1_constituents``, ...).
+
+    Args:
+        root: dataset directory (holding ``manifest.json``).
+        name: sample name, e.g. ``"qcd"`` or ``"signal"``.
+        columns: subset of columns to read (default: all).
+        verify: check every shard's sha256 against the manifest first.
+
+    Raises:
+        DatasetError: the dataset or sample is missing, a shard is missing, truncated or modified.
+    """
+    root = Path(root)
+    paths = verify_sample(root, name) if verify else [root / s["file"] for _, s in
+                                                       sorted(sample_info(root, name)["shards"].items(), key=lambda kv: int(kv[0]))]
+    parts: list[dict[str, np.ndarray]] = []
+    for path in paths:
+        try:
+            parts.append(read_shard(path, columns))
+        except (OSError, KeyError) as exc:
+            raise DatasetError(f"cannot read shard {path} ({exc}); delete it and regenerate the sample") from exc
+    keys = list(parts[0])
+    for path, part in zip(paths, parts):
+        if list(part) != keys:
+            raise DatasetError(f"shard {path} has columns {list(part)}, expected {keys}")
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
