@@ -78,7 +78,7 @@ def test_another_seed_gives_other_events(tiny, tmp_path):
     assert not np.array_equal(read_sample(tiny, "signal")["mjj"][:100], read_sample(tmp_path, "signal")["mjj"])
 
 
-def test_resume_after_a_killed_run(tmp_path):
+def test_resume_after_a_killed_run(tmp_path, caplog):
     """SIGKILL the generator mid-run; the manifest stays valid and re-running completes identically."""
     ref = tmp_path / "uninterrupted"
     generate(make_config("signal", 300, ref, workers=2, shard_size=50), progress=False)
@@ -96,7 +96,10 @@ def test_resume_after_a_killed_run(tmp_path):
     proc.wait()
     done = json.loads(manifest.read_text())["samples"]["signal"]["shards"]
     assert 1 <= len(done) < 6, "the kill should land mid-run"
-    read_sample(tmp_path, "signal")  # what was recorded is complete and verified
+    with caplog.at_level("WARNING", logger="lhcad.data.storage"):
+        partial = read_sample(tmp_path, "signal")  # what was recorded is complete and verified
+    assert len(partial["mjj"]) == 50 * len(done)
+    assert "incomplete" in caplog.text and "lhcad-generate sample=signal" in caplog.text
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert not list((tmp_path / "signal").glob(".*tmp*")), "temporary files are cleaned up"
     resumed = read_sample(tmp_path, "signal")

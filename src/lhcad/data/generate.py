@@ -201,7 +201,8 @@ def _claim_sample(cfg: GenerationConfig) -> dict[str, Any]:
                 f"and its entry by removing {root / storage.MANIFEST} if you really want to replace it"
             )
         entry = dict(entry or {})
-        entry.update({"config": ident, "config_hash": ident_hash, "shards": entry.get("shards", {})})
+        entry.update({"config": ident, "config_hash": ident_hash, "shards": entry.get("shards", {}),
+                      "n_requested": cfg.n_events})
         entry["n_events"] = int(sum(s["n_events"] for s in entry["shards"].values()))
         manifest["samples"][cfg.sample] = entry
         storage.save_manifest(root, manifest)

@@ -16,7 +16,7 @@ import awkward as ak
 import fastjet
 import numpy as np
 
-from lhcad.data.schema import CONSTITUENT_KEYS, IMAGE_KEYS
+from lhcad.data.schema import CONSTITUENT_KEYS, FEATURE_COLUMNS, IMAGE_KEYS, column_dtype
 
 _KT_AXES_R = 1000.0  # "infinite" R: exclusive-kt axes as in fastjet-contrib Nsubjettiness (KT_Axes)
 _N_TAUS = 4
@@ -130,7 +130,7 @@ def build_events(particles: ak.Array, cfg: JetConfig = JetConfig()) -> tuple[np.
     lead_pt = ak.to_numpy(ak.fill_none(ak.firsts(jpt[order]), 0.0))
     passed = (ak.to_numpy(ak.num(jpt)) >= 2) & (lead_pt > cfg.trigger_pt)
     if n_in == 0 or not passed.any():
-        return passed, {}
+        return passed, empty_columns(cfg)
 
     top2 = order[passed][:, :2]
     j4 = jets[passed][top2]
@@ -187,6 +187,18 @@ def build_events(particles: ak.Array, cfg: JetConfig = JetConfig()) -> tuple[np.
             top = top_constituents(cpt, deta, dphi, flat["E"], counts, cfg.n_constituents)
             cols[CONSTITUENT_KEYS[0]], cols[CONSTITUENT_KEYS[1]] = top[:n], top[n:]
     return passed, cols
+
+
+def empty_columns(cfg: JetConfig = JetConfig()) -> dict[str, np.ndarray]:
+    """Zero-length versions of the columns :func:`build_events` returns (no ``label``), typed and shaped."""
+    cols = {c: np.empty(0, column_dtype(c)) for c in FEATURE_COLUMNS if c != "label"}
+    if cfg.images:
+        for k in IMAGE_KEYS:
+            cols[k] = np.empty((0, cfg.image_npix, cfg.image_npix), np.float32)
+    if cfg.n_constituents > 0:
+        for k in CONSTITUENT_KEYS:
+            cols[k] = np.empty((0, cfg.n_constituents, 4), np.float32)
+    return cols
 
 
 def nsubjettiness(

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,9 +31,15 @@ MANIFEST = "manifest.json"
 FORMAT = "lhcad-dataset"
 FORMAT_VERSION = 1
 
+log = logging.getLogger(__name__)
+
 GENERATE_HINT = (
     "make it with `lhcad-generate sample={sample} out={path}` (see README, 'Data'), "
-    "or convert the LHC Olympics files with `lhcad-convert-lhco`"
+    "or convert the LHC Olympics files with `lhcad-convert-lhco SRC {path}`"
+)
+REGENERATE_HINT = (
+    "re-run the command that made it (`lhcad-generate sample={sample} out={path}` resumes a generated "
+    "sample; `lhcad-convert-lhco SRC {path} --overwrite` redoes a converted one)"
 )
 
 
@@ -197,17 +204,23 @@ def verify_sample(root: Path | str, sample: str) -> list[Path]:
         path = root / info["file"]
         if not path.exists():
             raise DatasetError(
-                f"shard {path} listed in {root / MANIFEST} is missing; re-run the same "
-                f"`lhcad-generate sample={sample} out={root}` command to regenerate it"
+                f"shard {path} listed in {root / MANIFEST} is missing; "
+                + REGENERATE_HINT.format(sample=sample, path=root)
             )
         digest = sha256_file(path)
         if digest != info["sha256"]:
             raise DatasetError(
                 f"shard {path} is corrupt or was modified (sha256 {digest[:12]}... does not match the "
-                f"manifest's {info['sha256'][:12]}...); delete it and re-run `lhcad-generate sample={sample} "
-                f"out={root}` to regenerate it"
+                f"manifest's {info['sha256'][:12]}...); delete it and "
+                + REGENERATE_HINT.format(sample=sample, path=root)
             )
         paths.append(path)
+    requested = entry.get("n_requested")
+    if requested is not None and entry["n_events"] < requested:
+        log.warning(
+            "sample '%s' in %s is incomplete (%d of %d requested events); %s", sample, root,
+            entry["n_events"], requested, REGENERATE_HINT.format(sample=sample, path=root),
+        )
     return paths
 
 
@@ -236,7 +249,9 @@ def read_sample(
         try:
             parts.append(read_shard(path, columns))
         except (OSError, KeyError) as exc:
-            raise DatasetError(f"cannot read shard {path} ({exc}); delete it and regenerate the sample") from exc
+            raise DatasetError(
+                f"cannot read shard {path} ({exc}); delete it and " + REGENERATE_HINT.format(sample=name, path=root)
+            ) from exc
     keys = list(parts[0])
     for path, part in zip(paths, parts):
         if list(part) != keys:
