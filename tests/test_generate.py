@@ -161,3 +161,14 @@ def test_outliers_carry_their_masses_and_exclude_the_signal(tmp_path):
     # the heavier jet follows the heavier of the two resonances
     heavy = np.maximum(d["truth_mx"], d["truth_my"])
     assert np.median(d["j1_m"] / heavy) == pytest.approx(1.0, abs=0.2)
+
+
+def test_images_and_constituents_are_stored_and_read_back(tmp_path):
+    jets = replace(make_config("signal", 1, tmp_path).jets, images=True, n_constituents=20)
+    generate(make_config("signal", 60, tmp_path, workers=1, shard_size=30, jets=jets), progress=False)
+    d = read_sample(tmp_path, "signal")
+    assert d["j1_image"].shape == (60, 40, 40) and d["j2_constituents"].shape == (60, 20, 4)
+    np.testing.assert_allclose(d["j1_image"].sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    # the constituents' scalar pT sum is close to (and above) the jet pT for these narrow jets
+    lead = d["j1_constituents"][:, :, 0].sum(axis=1)
+    assert np.median(lead / d["j1_pt"]) > 0.7

@@ -197,8 +197,7 @@ def _claim_sample(cfg: GenerationConfig) -> dict[str, Any]:
             diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
             raise GenerationError(
                 f"{root}/{cfg.sample} was generated with a different configuration (differs in: "
-                f"{', '.join(diff) or 'format'}); use another out= directory, or delete {root / cfg.sample} "
-                f"and its entry by removing {root / storage.MANIFEST} if you really want to replace it"
+                f"{', '.join(diff) or 'format'}); generate into another out= directory (nothing here was changed)"
             )
         entry = dict(entry or {})
         entry.update({"config": ident, "config_hash": ident_hash, "shards": entry.get("shards", {}),
