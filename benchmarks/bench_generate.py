@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--sample", default="qcd")
     ap.add_argument("--events", type=int, default=2000, help="generated events per measurement")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory", action="store_true", help="also compare peak memory for N and 4N events")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     with tempfile.TemporaryDirectory() as out:
@@ -63,6 +64,31 @@ def main() -> None:
         print(f"lhcad end-to-end:        {e2e_rate:8.1f} generated events/s per worker "
               f"({accepted / e2e_t:.1f} accepted/s, trigger efficiency {accepted / e2e_n:.2f})")
         print(f"ratio end-to-end / bare: {e2e_rate / bare_rate:8.3f}   (goal >= 0.8)")
+    if args.memory:
+        _memory(args.sample)
+
+
+def _memory(sample: str) -> None:
+    """Peak RSS of a one-worker generation of N and 4N events, each in a fresh process."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import resource, runpy, sys\n"
+        "sys.argv = ['lhcad-generate', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('lhcad.cli.generate', run_name='__main__')\n"
+        "finally:\n    print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    peaks = []
+    for n in (1000, 4000):
+        with tempfile.TemporaryDirectory() as out:
+            res = subprocess.run(
+                [sys.executable, "-c", probe, f"sample={sample}", f"n_events={n}", f"out={out}", "workers=1",
+                 "progress=false"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+        peaks.append(int(res.stderr.rsplit("MAXRSS", 1)[1].split()[0]) / 1024)
+    print(f"peak RSS, 1000 events:   {peaks[0]:8.1f} MiB")
+    print(f"peak RSS, 4000 events:   {peaks[1]:8.1f} MiB   ratio {peaks[1] / peaks[0]:.3f} (flat = 1)")
 
 
 def _init_seconds(task) -> float:
