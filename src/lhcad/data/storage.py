@@ -242,8 +242,11 @@ def read_sample(
         DatasetError: the dataset or sample is missing, a shard is missing, truncated or modified.
     """
     root = Path(root)
-    paths = verify_sample(root, name) if verify else [root / s["file"] for _, s in
-                                                       sorted(sample_info(root, name)["shards"].items(), key=lambda kv: int(kv[0]))]
+    if verify:
+        paths = verify_sample(root, name)
+    else:
+        shards = sample_info(root, name)["shards"]
+        paths = [root / shards[key]["file"] for key in sorted(shards, key=int)]
     parts: list[dict[str, np.ndarray]] = []
     for path in paths:
         try:
