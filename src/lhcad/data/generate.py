@@ -189,22 +189,17 @@ def _claim_sample(cfg: GenerationConfig) -> dict[str, Any]:
     """Register the sample's configuration in the manifest, refusing a conflicting one."""
     root = Path(cfg.out)
     ident, ident_hash = cfg.identity(), cfg.identity_hash()
-    with storage.manifest_lock(root):
-        manifest = storage.load_manifest(root, must_exist=False)
-        entry = manifest["samples"].get(cfg.sample)
-        if entry and entry.get("shards") and entry.get("config_hash") != ident_hash:
+    with storage.edit_manifest(root) as manifest:
+        entry = manifest["samples"].setdefault(cfg.sample, {})
+        if entry.get("shards") and entry.get("config_hash") != ident_hash:
             old = entry.get("config", {})
             diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
             raise GenerationError(
                 f"{root}/{cfg.sample} was generated with a different configuration (differs in: "
                 f"{', '.join(diff) or 'format'}); generate into another out= directory (nothing here was changed)"
             )
-        entry = dict(entry or {})
-        entry.update({"config": ident, "config_hash": ident_hash, "shards": entry.get("shards", {}),
-                      "n_requested": cfg.n_events})
-        entry["n_events"] = int(sum(s["n_events"] for s in entry["shards"].values()))
-        manifest["samples"][cfg.sample] = entry
-        storage.save_manifest(root, manifest)
+        entry.update({"config": ident, "config_hash": ident_hash, "n_requested": cfg.n_events})
+        entry.setdefault("shards", {})
     return entry
 
 

@@ -467,8 +467,7 @@ class _ShardWriter:
 
 def _prepare_output(out: Path, samples: Sequence[str], overwrite: bool) -> None:
     """Refuse to mix with existing samples, or (``overwrite``) remove them and their shard files."""
-    with storage.manifest_lock(out):
-        manifest = storage.load_manifest(out, must_exist=False)
+    with storage.edit_manifest(out) as manifest:
         present = [s for s in samples if s in manifest["samples"]]
         if not present:
             return
@@ -481,7 +480,6 @@ def _prepare_output(out: Path, samples: Sequence[str], overwrite: bool) -> None:
             for info in manifest["samples"][s].get("shards", {}).values():
                 (out / info["file"]).unlink(missing_ok=True)
             del manifest["samples"][s]
-        storage.save_manifest(out, manifest)
         logger.info("removed existing sample(s) %s from %s", present, out)
 
 

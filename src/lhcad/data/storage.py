@@ -155,27 +155,32 @@ def save_manifest(root: Path | str, manifest: Mapping[str, Any]) -> None:
     atomic_write_bytes(Path(root) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
-def update_sample(root: Path | str, sample: str, update: Mapping[str, Any]) -> dict[str, Any]:
-    """Read-modify-write one sample's manifest entry under the lock; returns the new entry."""
+@contextlib.contextmanager
+def edit_manifest(root: Path | str) -> Iterator[dict[str, Any]]:
+    """Read-modify-write the manifest under the lock: yields it (empty if absent), saves it on success.
+
+    Every sample entry's ``n_events`` is recomputed from its shards before saving.
+    """
     with manifest_lock(root):
         manifest = load_manifest(root, must_exist=False)
-        entry = dict(manifest["samples"].get(sample, {}))
-        entry.update(update)
-        shards = entry.get("shards", {})
-        entry["n_events"] = int(sum(s["n_events"] for s in shards.values()))
-        manifest["samples"][sample] = entry
+        yield manifest
+        for entry in manifest["samples"].values():
+            entry["n_events"] = int(sum(s["n_events"] for s in entry.get("shards", {}).values()))
         save_manifest(root, manifest)
+
+
+def update_sample(root: Path | str, sample: str, update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into one sample's manifest entry; returns the new entry."""
+    with edit_manifest(root) as manifest:
+        entry = manifest["samples"].setdefault(sample, {})
+        entry.update(update)
     return entry
 
 
 def record_shard(root: Path | str, sample: str, index: int, info: Mapping[str, Any]) -> None:
-    """Add (or replace) one finished shard in a sample's manifest entry, under the lock."""
-    with manifest_lock(root):
-        manifest = load_manifest(root, must_exist=False)
-        entry = manifest["samples"].setdefault(sample, {})
-        entry.setdefault("shards", {})[str(index)] = dict(info)
-        entry["n_events"] = int(sum(s["n_events"] for s in entry["shards"].values()))
-        save_manifest(root, manifest)
+    """Add (or replace) one finished shard in a sample's manifest entry."""
+    with edit_manifest(root) as manifest:
+        manifest["samples"].setdefault(sample, {}).setdefault("shards", {})[str(index)] = dict(info)
 
 
 # ---------------------------------------------------------------------------------------------- reading
