@@ -22,7 +22,7 @@ import numpy as np
 from lhcad.data.events import Events
 from lhcad.data.storage import read_sample
 
-__all__ = ["as_rng", "inject_signal", "load_dataset", "split"]
+__all__ = ["as_rng", "check_signal_frac", "inject_signal", "load_dataset", "split"]
 
 _FRACTION_TOLERANCE = 1e-9
 
@@ -62,7 +62,8 @@ def load_dataset(
 # ---------------------------------------------------------------------------------------------- injection
 
 
-def _check_signal_frac(signal_frac: float) -> float:
+def check_signal_frac(signal_frac: float) -> float:
+    """``signal_frac`` as a float, or a ValueError saying it must lie in [0, 1)."""
     if (
         isinstance(signal_frac, bool)
         or not isinstance(signal_frac, Real)
@@ -129,7 +130,7 @@ def inject_signal(
         ValueError: ``signal_frac`` outside [0, 1); ``n_events`` not a positive integer; the
             columns differ; or more signal or background events are needed than exist.
     """
-    frac = _check_signal_frac(signal_frac)
+    frac = check_signal_frac(signal_frac)
     rng = as_rng(rng)
     if set(background.keys()) != set(signal.keys()):
         raise ValueError(

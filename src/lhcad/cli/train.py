@@ -1,0 +1,39 @@
+"""``train.py`` / ``lhcad-train``: train and evaluate one method, logged to MLflow (Hydra app on conf/).
+
+    python train.py method=tnt signal_frac=0.01
+    python train.py -m method=ae,tnt signal_frac=0.01,0.09          # nested under one parent run
+    python train.py -m hparams_search=tnt_optuna                    # Optuna sweep
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from lhcad.cli._paths import CONF_DIR
+from lhcad.config import ConfigError, register_resolvers
+from lhcad.data.storage import DatasetError
+
+log = logging.getLogger("lhcad")
+
+register_resolvers()
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Run one job; returns the configured objective (for Optuna sweeps)."""
+    from lhcad.pipeline import run
+
+    try:
+        return run(cfg).objective
+    except (ConfigError, DatasetError) as err:
+        # bad input: one clear sentence, no traceback (a run already started is marked FAILED)
+        log.error("%s", err)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

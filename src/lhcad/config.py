@@ -1,0 +1,78 @@
+"""Config helpers for the training app: resolvers, early validation, dataset location."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lhcad.cli._paths import REPO_ROOT
+from lhcad.data.dataset import check_signal_frac
+
+__all__ = ["ConfigError", "register_resolvers", "split_spec", "validate"]
+
+
+class ConfigError(ValueError):
+    """A run's configuration cannot work; the message says what to change."""
+
+
+def _repo_root() -> str:
+    return str(REPO_ROOT)
+
+
+def register_resolvers() -> None:
+    """Register lhcad's OmegaConf resolvers (``${lhcad_repo:}`` = the repository root)."""
+    OmegaConf.register_resolver("lhcad_repo", _repo_root, replace=True)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need no data: fail in one sentence before anything is started."""
+    try:
+        check_signal_frac(cfg.signal_frac)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    n = cfg.get("n_events")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"n_events must be a positive integer or null (all the background), got {n!r}")
+    holdout = dict(cfg.holdout)
+    if "test" not in holdout or not 0 < float(holdout["test"]) < 1:
+        raise ConfigError(f"holdout.test must be a fraction in (0, 1), got {holdout.get('test')!r}")
+    if sum(float(v) for v in holdout.values()) >= 1:
+        raise ConfigError(f"holdout fractions {holdout} leave no events for training")
+
+
+def split_spec(holdout: Mapping[str, float], parts: Mapping[str, float]) -> dict[str, float]:
+    """Fractions of the drawn sample per part: held-out parts as given, the rest shared by the
+    method's parts in proportion to their relative sizes."""
+    clash = sorted(set(holdout) & set(parts))
+    if clash:
+        raise ConfigError(f"method parts {clash} clash with the held-out parts {sorted(holdout)}")
+    weights = {k: float(v) for k, v in parts.items()}
+    if not weights or any(w <= 0 for w in weights.values()):
+        raise ConfigError(f"method parts need positive relative sizes, got {dict(parts)}")
+    share = 1.0 - sum(float(v) for v in holdout.values())
+    total = sum(weights.values())
+    spec = {k: share * w / total for k, w in weights.items()}
+    spec |= {k: float(v) for k, v in holdout.items()}
+    return spec
+
+
+def dataset_root(data: Mapping[str, Any], needs_images: bool) -> Path:
+    """Directory of the run's dataset; generated image datasets live next to feature-only ones."""
+    root = Path(str(data["root"]))
+    if needs_images and data.get("generate", False):
+        root = root.with_name(root.name + "-images")
+    return root
+
+
+TRUSTED_TARGETS = ("lhcad.*",)
+"""``_target_`` prefixes a config may instantiate (Hydra's execution whitelist)."""
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` restricted to lhcad's own classes (``TRUSTED_TARGETS``)."""
+    from hydra.utils import instantiate
+
+    return instantiate(node, _execution_whitelist_=list(TRUSTED_TARGETS), _convert_="all", **kwargs)

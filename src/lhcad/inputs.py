@@ -1,0 +1,183 @@
+"""Input representations: what a network sees of each jet (or of both jets).
+
+An input representation turns :class:`~lhcad.data.Events` into float32 arrays:
+
+* ``jet(events, j)``: one row per event for jet ``j`` (1 = heavier, 2 = lighter),
+* ``event(events)``: both jets together (features concatenated, images as two channels),
+
+and says which stored columns it reads (``columns``). Arrays are checked for NaN/inf with an
+error that names the offending input. Scaling is learned on training data with :class:`Scaler`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lhcad.data.events import DERIVED_JET_FEATURES, jet_features
+
+__all__ = ["InputRepresentation", "JetFeatures", "JetImages", "Scaler"]
+
+_DERIVED_NEEDS = {
+    "tau21": ("tau1", "tau2"),
+    "tau32": ("tau2", "tau3"),
+    "tau43": ("tau3", "tau4"),
+    "sqrt_tau21": ("tau1", "tau2"),
+}
+
+
+def _check_finite(x: np.ndarray, what: str, names: Sequence[str] | None = None) -> np.ndarray:
+    bad = ~np.isfinite(x)
+    if bad.any():
+        n_bad = int(bad.reshape(len(x), -1).any(axis=1).sum())
+        detail = ""
+        if names is not None and x.ndim == 2:
+            cols = [names[i] for i in np.flatnonzero(bad.any(axis=0))]
+            detail = f" in feature(s) {cols}"
+        raise ValueError(
+            f"{n_bad} of {len(x)} events have NaN or infinite {what}{detail}; remove those features from "
+            "the inputs (e.g. tau43 is not available in the LHC Olympics v2 feature file) or fix the dataset"
+        )
+    return x
+
+
+class InputRepresentation:
+    """Base class: what all input representations share."""
+
+    kind: str = "abstract"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Stored columns this representation reads (both jets)."""
+        raise NotImplementedError
+
+    @property
+    def jet_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def jet(self, events: Mapping[str, np.ndarray], j: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def event(self, events: Mapping[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class JetFeatures(InputRepresentation):
+    """Per-jet scalar features, e.g. ``m, sqrt_tau21, tau21, tau32, tau43, nconst``.
+
+    Names are stored jet fields (``m``, ``pt``, ``nconst``, ``tau1`` ...) or derived ratios
+    (``tau21``, ``tau32``, ``tau43``, ``sqrt_tau21``).
+    """
+
+    kind = "dense"
+
+    def __init__(self, names: Sequence[str]) -> None:
+        names = list(names)
+        if not names:
+            raise ValueError("JetFeatures needs at least one feature name")
+        self.names = names
+
+    def __repr__(self) -> str:
+        return f"JetFeatures({self.names})"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        fields: list[str] = []
+        for name in self.names:
+            for f in _DERIVED_NEEDS.get(name, (name,)) if name in DERIVED_JET_FEATURES else (name,):
+                if f not in fields:
+                    fields.append(f)
+        return tuple(f"j{j}_{f}" for j in (1, 2) for f in fields)
+
+    @property
+    def jet_shape(self) -> tuple[int, ...]:
+        return (len(self.names),)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return (2 * len(self.names),)
+
+    def jet(self, events: Mapping[str, np.ndarray], j: int) -> np.ndarray:
+        x = jet_features(events, j, self.names)
+        return _check_finite(x, f"jet-{j} inputs", self.names)
+
+    def event(self, events: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([self.jet(events, 1), self.jet(events, 2)], axis=1)
+
+
+class JetImages(InputRepresentation):
+    """Per-jet ``npix x npix`` images (one channel per jet; two channels for both jets)."""
+
+    kind = "image"
+
+    def __init__(self, npix: int = 40) -> None:
+        self.npix = int(npix)
+
+    def __repr__(self) -> str:
+        return f"JetImages(npix={self.npix})"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return ("j1_image", "j2_image")
+
+    @property
+    def jet_shape(self) -> tuple[int, ...]:
+        return (1, self.npix, self.npix)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return (2, self.npix, self.npix)
+
+    def jet(self, events: Mapping[str, np.ndarray], j: int) -> np.ndarray:
+        key = f"j{j}_image"
+        if key not in events:
+            raise KeyError(
+                f"inputs=images needs column '{key}', which these events lack: generate the dataset with "
+                "jets.images=true (data=lhco_like does this automatically for inputs=images)"
+            )
+        img = np.asarray(events[key], dtype=np.float32)
+        if img.shape[1:] != (self.npix, self.npix):
+            raise ValueError(f"images in the dataset are {img.shape[1:]}, but inputs.npix={self.npix}")
+        return _check_finite(img[:, None], f"jet-{j} image pixels")
+
+    def event(self, events: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([self.jet(events, 1), self.jet(events, 2)], axis=1)
+
+
+@dataclass
+class Scaler:
+    """Standardisation learned on training inputs.
+
+    Tabular inputs ``(n, d)`` get a mean and width per column; images get one scale for all
+    pixels (their per-image normalisation is kept, only the overall size is brought to O(1)).
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Scaler:
+        if len(x) == 0:
+            raise ValueError("cannot fit input scaling on an empty training set")
+        if x.ndim == 2:
+            mean = x.mean(axis=0, dtype=np.float64)
+            scale = x.std(axis=0, dtype=np.float64)
+        else:
+            mean = np.zeros(1)
+            scale = np.atleast_1d(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+        scale = np.where(scale > 0, scale, 1.0)
+        return cls(mean.astype(np.float32), scale.astype(np.float32))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim == 2:
+            return ((x - self.mean) / self.scale).astype(np.float32)
+        return ((x - self.mean[0]) / self.scale[0]).astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "scale": self.scale}

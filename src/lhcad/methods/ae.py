@@ -1,0 +1,72 @@
+"""``ae``: one autoencoder per jet, trained on every event of its part; score = reconstruction MSE.
+
+Tag N' Train (arXiv:2002.12376) section 3.2: convolutional autoencoders on jet images with latent
+size 16 are the initial taggers; on per-jet features a small dense autoencoder does the same job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lhcad.data.events import Events
+from lhcad.inputs import InputRepresentation
+from lhcad.methods._nets import train_autoencoder, train_config
+from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.per_jet import JetTaggerPair, check_parts
+
+__all__ = ["AutoEncoder"]
+
+
+class AutoEncoder:
+    """Per-jet autoencoders (unsupervised): jet score = reconstruction MSE, event score from both jets."""
+
+    samples: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        inputs: InputRepresentation,
+        parts: Mapping[str, float] | None = None,
+        dense: Mapping[str, Any] | None = None,
+        conv: Mapping[str, Any] | None = None,
+        train: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.inputs = inputs
+        self.parts = dict(parts or {"train": 1.0})
+        self.dense = dict(dense or {"hidden": [32, 16], "latent": 1})
+        self.conv = dict(conv or {"latent": 16})
+        self.train = train_config(train)
+        self.pair: JetTaggerPair | None = None
+
+    def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None:
+        check_parts(splits, ["train"], "ae")
+        events = splits["train"]
+        taggers = [
+            train_autoencoder(
+                self.inputs.jet(events, j), self.inputs, self.dense, self.conv, self.train,
+                seed=ctx.seed * 1000 + j, device=ctx.device, desc=f"ae jet {j}", progress=ctx.progress,
+            )
+            for j in (1, 2)
+        ]
+        self.pair = JetTaggerPair(self.inputs, *taggers)
+        self.pair.calibrate(events)
+        ctx.log_metrics({f"ae/val_loss_jet{j}": t.val_loss for j, t in zip((1, 2), taggers)}, None)
+
+    def score(self, events: Events) -> Scores:
+        return self._fitted().score(events)
+
+    def jet_scores(self, events: Events):
+        return self._fitted().jet_scores(events)
+
+    @property
+    def val_loss(self) -> float:
+        """Mean best validation reconstruction loss of the two jets (label-free objective)."""
+        return self._fitted().val_loss
+
+    def state(self) -> dict[str, Any]:
+        return self._fitted().state()
+
+    def _fitted(self) -> JetTaggerPair:
+        if self.pair is None:
+            raise RuntimeError("fit() the autoencoders before scoring")
+        return self.pair

@@ -1,0 +1,125 @@
+"""The interface every method implements, and the pieces per-jet methods share.
+
+A method is built from its config with ``hydra.utils.instantiate`` and used as::
+
+    method.fit(splits, ctx)          # splits: name -> Events (the parts the method asked for)
+    scores = method.score(events)    # Scores(event, jet1, jet2)
+
+Per-jet methods give one score per jet; their event score is ``min(F1(s1), F2(s2))`` with ``Fj``
+the empirical CDF of jet j's scores on a calibration sample, so that a cut on the event score at
+efficiency e selects exactly "both jets above percentile X" (Tag N' Train, section 4).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from lhcad.data.events import Events
+
+__all__ = ["EmpiricalCDF", "FitContext", "Method", "Scores", "combine_jet_scores"]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Anomaly scores of a set of events: larger = more signal-like.
+
+    ``event`` is always set; ``jet1``/``jet2`` are set by per-jet methods (jet 1 = heavier jet).
+    """
+
+    event: np.ndarray
+    jet1: np.ndarray | None = None
+    jet2: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.event)
+        for name in ("jet1", "jet2"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"Scores.{name} has {len(value)} entries but event has {n}")
+        if (self.jet1 is None) != (self.jet2 is None):
+            raise ValueError("per-jet Scores need both jet1 and jet2")
+        for name in ("event", "jet1", "jet2"):
+            value = getattr(self, name)
+            if value is not None and not np.all(np.isfinite(value)):
+                bad = int(np.sum(~np.isfinite(value)))
+                raise FloatingPointError(
+                    f"{bad} of {len(value)} {name} scores are NaN or infinite: the model diverged "
+                    "(try a lower learning rate) or its inputs contain NaN"
+                )
+
+    @property
+    def per_jet(self) -> bool:
+        return self.jet1 is not None
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """The non-empty score arrays by name (for saving as .npz)."""
+        return {k: v for k, v in (("event", self.event), ("jet1", self.jet1), ("jet2", self.jet2)) if v is not None}
+
+
+@dataclass
+class FitContext:
+    """What a method gets besides its events.
+
+    Attributes:
+        device: torch device string ("cpu", "cuda").
+        rng: numpy Generator for every random choice the method makes.
+        seed: integer seed (for torch generators derived per model).
+        samples: extra samples a method may use (e.g. ``sim``, ``outliers``), by name.
+        log_metrics: callback ``(metrics, step)`` that records metrics of the run (MLflow).
+        progress: show progress bars.
+        config: the resolved run config, for methods that need global settings.
+    """
+
+    device: str = "cpu"
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    seed: int = 0
+    samples: Mapping[str, Events] = field(default_factory=dict)
+    log_metrics: Callable[[Mapping[str, float], int | None], None] = lambda metrics, step=None: None
+    progress: bool = False
+    config: Mapping[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("lhcad.methods"))
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What the pipeline needs of a method."""
+
+    #: parts of the training share this method needs, name -> relative size (e.g. {"train": 1})
+    parts: Mapping[str, float]
+    #: extra samples the method reads from the dataset besides qcd/signal (e.g. ("sim",))
+    samples: tuple[str, ...]
+
+    def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None: ...
+
+    def score(self, events: Events) -> Scores: ...
+
+
+class EmpiricalCDF:
+    """Empirical CDF of a reference sample: ``F(x)`` = fraction of reference values <= x."""
+
+    def __init__(self, reference: np.ndarray) -> None:
+        reference = np.asarray(reference, dtype=np.float64)
+        if reference.size == 0:
+            raise ValueError("the reference sample of an empirical CDF is empty")
+        self.sorted = np.sort(reference)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.sorted, np.asarray(x, dtype=np.float64), side="right") / len(self.sorted)
+
+
+def combine_jet_scores(jet1: np.ndarray, jet2: np.ndarray, cdf1: EmpiricalCDF, cdf2: EmpiricalCDF) -> Scores:
+    """Per-jet scores -> :class:`Scores` with event score ``min(F1(s1), F2(s2))``.
+
+    Cutting the event score at a threshold t keeps the events whose jets are both above their
+    t-quantile; ties in the event score are broken by the other jet so that curves stay smooth.
+    """
+    f1, f2 = cdf1(jet1), cdf2(jet2)
+    lo, hi = np.minimum(f1, f2), np.maximum(f1, f2)
+    # a tiny tie-breaker from the larger CDF keeps the "both above X" ordering intact
+    event = lo + 1e-9 * hi
+    return Scores(event=event, jet1=np.asarray(jet1, np.float64), jet2=np.asarray(jet2, np.float64))

@@ -1,0 +1,88 @@
+"""``supervised``: truth-label classifiers, the reference of Tag N' Train Fig. 2.
+
+``variant="both"``: one classifier on both jets (event score = its output).
+``variant="separate"``: one classifier per jet, combined like the per-jet methods.
+Classes are weighted to equal total weight. Uses truth labels: a reference, never a search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lhcad.data.events import Events
+from lhcad.inputs import InputRepresentation
+from lhcad.methods._nets import JetTagger, train_classifier, train_config
+from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.per_jet import JetTaggerPair, check_parts
+
+__all__ = ["Supervised"]
+
+VARIANTS = ("both", "separate")
+
+
+class Supervised:
+    """Fully supervised reference classifier(s) trained on the injected training part's truth labels."""
+
+    samples: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        inputs: InputRepresentation,
+        variant: str = "both",
+        parts: Mapping[str, float] | None = None,
+        classifier: Mapping[str, Any] | None = None,
+        train: Mapping[str, Any] | None = None,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"supervised variant must be one of {VARIANTS}, got {variant!r}")
+        self.inputs = inputs
+        self.variant = variant
+        self.parts = dict(parts or {"train": 1.0})
+        self.classifier = dict(classifier or {"hidden": [32, 32, 16, 8], "dropout": 0.2})
+        self.train = train_config(train)
+        self.event_tagger: JetTagger | None = None
+        self.pair: JetTaggerPair | None = None
+
+    def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None:
+        check_parts(splits, ["train"], "supervised")
+        events = splits["train"]
+        labels = events.labels
+        if labels.sum() < 2:
+            raise ValueError(
+                f"the supervised reference needs signal events to learn from, but the training part has "
+                f"{int(labels.sum())}; raise signal_frac or n_events"
+            )
+        common = dict(train=self.train, device=ctx.device, progress=ctx.progress)
+        if self.variant == "both":
+            self.event_tagger = train_classifier(
+                self.inputs.event(events), labels, self.classifier, seed=ctx.seed * 1000, desc="supervised", **common
+            )
+            ctx.log_metrics({"supervised/val_loss": self.event_tagger.val_loss}, None)
+            return
+        taggers = [
+            train_classifier(
+                self.inputs.jet(events, j), labels, self.classifier, seed=ctx.seed * 1000 + j,
+                desc=f"supervised jet {j}", **common,
+            )
+            for j in (1, 2)
+        ]
+        self.pair = JetTaggerPair(self.inputs, *taggers)
+        self.pair.calibrate(events)
+        ctx.log_metrics({"supervised/val_loss": self.pair.val_loss}, None)
+
+    def score(self, events: Events) -> Scores:
+        if self.event_tagger is not None:
+            return Scores(event=np.asarray(self.event_tagger(self.inputs.event(events)), np.float64))
+        if self.pair is not None:
+            return self.pair.score(events)
+        raise RuntimeError("fit() the supervised classifier before scoring")
+
+    @property
+    def val_loss(self) -> float:
+        return self.event_tagger.val_loss if self.event_tagger is not None else self.pair.val_loss  # type: ignore[union-attr]
+
+    def state(self) -> dict[str, Any]:
+        return self.event_tagger.state() if self.event_tagger is not None else self.pair.state()  # type: ignore[union-attr]

@@ -1,0 +1,239 @@
+"""One training run, start to finish: data -> method.fit -> scores -> evaluation -> MLflow.
+
+``run(cfg)`` is what ``train.py`` calls with the composed Hydra config; everything a physicist
+compares across methods is computed here identically for every method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from lhcad.config import ConfigError, build, dataset_root, split_spec, validate
+from lhcad.data.dataset import inject_signal, load_dataset, split
+from lhcad.data.events import Events
+from lhcad.data.storage import DatasetError, load_manifest
+from lhcad.evaluate import EvaluationConfig, auc, evaluate
+from lhcad.methods.base import FitContext, Scores
+
+log = logging.getLogger("lhcad")
+
+__all__ = ["RunResult", "prepare_dataset", "run"]
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns: its metrics, MLflow run id and the objective for sweeps."""
+
+    metrics: dict[str, float]
+    run_id: str | None
+    objective: float | None
+    summary: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _generation_config(data: Mapping[str, Any], sample: str, root: Path, images: bool, progress: bool):
+    from lhcad.cli._paths import CONF_DIR
+    from lhcad.cli.generate import config_from_hydra
+
+    sizes = data["sizes"][data["scale"]]
+    if sample not in sizes:
+        raise ConfigError(f"data.sizes.{data['scale']} has no size for sample '{sample}'")
+    base = OmegaConf.load(Path(CONF_DIR) / "generate.yaml")
+    base.pop("defaults", None)
+    base.pop("hydra", None)
+    base.sample = sample
+    base.n_events = int(sizes[sample])
+    base.out = str(root)
+    base.seed = int(data["seed"])
+    base.workers = int(data.get("workers") or 0)
+    base.jets.images = bool(images)
+    base.progress = progress
+    return config_from_hydra(base)
+
+
+def prepare_dataset(data: Mapping[str, Any], samples: tuple[str, ...], *, images: bool, progress: bool) -> Path:
+    """The dataset directory, with every sample in ``samples`` present.
+
+    With ``data.generate`` missing or incomplete samples are generated (resumable); otherwise a
+    missing sample is a :class:`DatasetError` that says how to make it.
+    """
+    root = dataset_root(data, images)
+    if data.get("generate", False):
+        from lhcad.data.generate import generate
+
+        for sample in samples:
+            generate(_generation_config(data, sample, root, images, progress), progress=progress)
+    elif not (root / "manifest.json").is_file():
+        hint = (
+            "convert the LHC Olympics file with `lhcad-convert-lhco <file.h5> --out " + str(root) + "`"
+            if data.get("name") == "lhco"
+            else "generate it with lhcad-generate (see README), or use data=lhco_like which generates on first use"
+        )
+        raise DatasetError(f"no lhcad dataset at {root} (data={data.get('name')}): {hint}")
+    return root
+
+
+def dataset_checksum(root: Path, samples: tuple[str, ...]) -> str:
+    """Short sha256 over the shard checksums of the samples used (identifies the exact events)."""
+    manifest = load_manifest(root)
+    digests = {
+        s: sorted(info["sha256"] for info in manifest["samples"][s]["shards"].values()) for s in samples
+    }
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def _method_name(cfg: DictConfig) -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices["method"])
+    except (ValueError, KeyError):
+        return str(cfg.method._target_).rsplit(".", 1)[-1].lower()
+
+
+def _resolve_device(device: str) -> str:
+    from lhcad.models.training import resolve_device
+
+    return resolve_device(device)
+
+
+def _eval_config(selection: Mapping[str, Any]) -> EvaluationConfig:
+    return EvaluationConfig(
+        efficiencies=tuple(float(e) for e in selection["efficiencies"]),
+        signal_efficiencies=tuple(float(e) for e in selection["signal_efficiencies"]),
+        min_background=int(selection["min_background"]),
+        mjj_bins=int(selection["mjj_bins"]),
+        mjj_range=tuple(float(v) for v in selection["mjj_range"]),
+        plots=bool(selection.get("plots", True)),
+    )
+
+
+def _stage_metrics(method: Any, test: Events, signal: Events) -> list[dict[str, float]]:
+    """AUCs of every stage of an iterative method (TNT), stage 0 = its initial tagger."""
+    if not hasattr(method, "score_stages"):
+        return []
+    background = test.take(test.labels == 0)
+    rows = []
+    for s_bkg, s_sig in zip(method.score_stages(background), method.score_stages(signal)):
+        row = {"auc": auc(s_bkg.event, s_sig.event)}
+        if s_bkg.per_jet:
+            row |= {"auc_jet1": auc(s_bkg.jet1, s_sig.jet1), "auc_jet2": auc(s_bkg.jet2, s_sig.jet2)}
+        rows.append(row)
+    return rows
+
+
+def _val_auc(scores: Scores, labels: np.ndarray) -> float:
+    return auc(scores.event[labels == 0], scores.event[labels == 1])
+
+
+def run(cfg: DictConfig) -> RunResult:
+    """Train and evaluate one method as configured; log everything to MLflow."""
+    from lhcad.tracking import RunTracker, ensure_store, git_commit, parent_run_id_for_job, ui_command
+
+    validate(cfg)
+    t_start = time.perf_counter()
+    name = _method_name(cfg)
+    run_name = cfg.tracking.get("run_name") or f"{name}-f{cfg.signal_frac:g}-s{cfg.seed}"
+    mlruns = Path(str(cfg.tracking.mlruns_dir))
+    ensure_store(mlruns, str(cfg.tracking.experiment))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tags = {"method": name, "signal_frac": f"{cfg.signal_frac:g}", "seed": str(cfg.seed), "data": str(cfg.data.name)}
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+
+    with RunTracker(mlruns, str(cfg.tracking.experiment), run_name, parent_run_id=parent_run_id_for_job(), tags=tags) as tracker:
+        tracker.log_params(resolved)
+        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+        device = _resolve_device(str(cfg.device))
+        inputs = build(cfg.inputs)
+        method = build(cfg.method, inputs=inputs)
+        samples = ("qcd", "signal", *tuple(getattr(method, "samples", ())))
+        needs_images = getattr(inputs, "kind", "") == "image"
+        root = prepare_dataset(cfg.data, samples, images=needs_images, progress=bool(cfg.progress))
+        data = load_dataset(root, samples)
+        tracker.set_tags({"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device})
+
+        rng = np.random.default_rng(int(cfg.seed))
+        sample, unused_signal = inject_signal(data["qcd"], data["signal"], float(cfg.signal_frac), cfg.n_events, rng)
+        spec = split_spec(dict(cfg.holdout), method.parts)
+        parts = split(sample, spec, rng)
+        test, val = parts.pop("test"), parts.pop("val", None)
+        counts = {f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()}
+        counts |= {"n_signal_injected": float(sample.labels.sum()), "n_signal_heldout": float(len(unused_signal))}
+        tracker.log_metrics(counts)
+        log.info(
+            "%s: %d events (%d signal) in parts %s; test %d; held-out signal %d; device %s",
+            run_name, len(sample), int(sample.labels.sum()), {k: len(v) for k, v in parts.items()},
+            len(test), len(unused_signal), device,
+        )
+
+        ctx = FitContext(
+            device=device, rng=rng, seed=int(cfg.seed), samples={s: data[s] for s in samples[2:]},
+            log_metrics=tracker.log_metrics, progress=bool(cfg.progress), config=resolved,
+        )
+        t_fit = time.perf_counter()
+        method.fit(parts, ctx)
+        fit_seconds = time.perf_counter() - t_fit
+
+        test_scores = method.score(test)
+        signal_scores = method.score(unused_signal)
+        statistics = [build(s) for s in cfg.search.get("statistics", [])]
+        evaluation = evaluate(test, test_scores, unused_signal, signal_scores, _eval_config(cfg.selection), statistics)
+        metrics = dict(evaluation.metrics)
+        metrics["val_loss"] = float(getattr(method, "val_loss", float("nan")))
+        if val is not None and len(val):
+            metrics["val_auc"] = _val_auc(method.score(val), val.labels)
+        metrics["time/fit_s"] = fit_seconds
+        metrics["time/total_s"] = time.perf_counter() - t_start
+        tracker.log_metrics(metrics)
+        for step, row in enumerate(_stage_metrics(method, test, unused_signal)):
+            tracker.log_metrics({f"stage/{k}": v for k, v in row.items()}, step=step)
+
+        for fname, fig in evaluation.figures.items():
+            tracker.log_figure(fig, f"plots/{fname}")
+        _close(evaluation.figures)
+        tracker.log_arrays(
+            {**{f"test_{k}": v for k, v in test_scores.as_arrays().items()},
+             **{f"signal_{k}": v for k, v in signal_scores.as_arrays().items()},
+             "test_label": test.labels, "test_mjj": test["mjj"]},
+            "scores.npz",
+        )
+        tracker.log_arrays(evaluation.curves, "curves.npz")
+        if cfg.tracking.get("log_models", True) and hasattr(method, "state"):
+            tracker.log_torch_state(method.state(), "model/state.pt")
+
+        objective = None
+        if cfg.get("objective"):
+            if cfg.objective not in metrics:
+                raise ConfigError(f"objective '{cfg.objective}' is not a metric of this run; choose from {sorted(metrics)}")
+            objective = float(metrics[cfg.objective])
+        summary = evaluation.summary_lines()
+        run_id = tracker.run_id
+
+    log.info("%s finished in %.0f s\n%s", run_name, metrics["time/total_s"], "\n".join(summary))
+    log.info("MLflow run %s; browse with: %s", run_id, ui_command(mlruns))
+    return RunResult(metrics=metrics, run_id=run_id, objective=objective, summary=summary)
+
+
+def _close(figures: Mapping[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)
