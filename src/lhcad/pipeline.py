@@ -171,9 +171,11 @@ def run(cfg: DictConfig) -> RunResult:
         tracker.set_tags({"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device})
 
         rng = np.random.default_rng(int(cfg.seed))
-        sample, unused_signal = inject_signal(data["qcd"], data["signal"], float(cfg.signal_frac), cfg.n_events, rng)
-        spec = split_spec(dict(cfg.holdout), method.parts)
-        parts = split(sample, spec, rng)
+        try:
+            sample, unused_signal = inject_signal(data["qcd"], data["signal"], float(cfg.signal_frac), cfg.n_events, rng)
+            parts = split(sample, split_spec(dict(cfg.holdout), method.parts), rng)
+        except ValueError as err:  # not enough events for this signal_frac / n_events / parts
+            raise ConfigError(str(err)) from None
         test, val = parts.pop("test"), parts.pop("val", None)
         counts = {f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()}
         counts |= {"n_signal_injected": float(sample.labels.sum()), "n_signal_heldout": float(len(unused_signal))}
@@ -208,7 +210,6 @@ def run(cfg: DictConfig) -> RunResult:
 
         for fname, fig in evaluation.figures.items():
             tracker.log_figure(fig, f"plots/{fname}")
-        _close(evaluation.figures)
         tracker.log_arrays(
             {**{f"test_{k}": v for k, v in test_scores.as_arrays().items()},
              **{f"signal_{k}": v for k, v in signal_scores.as_arrays().items()},
@@ -231,9 +232,3 @@ def run(cfg: DictConfig) -> RunResult:
     log.info("MLflow run %s; browse with: %s", run_id, ui_command(mlruns))
     return RunResult(metrics=metrics, run_id=run_id, objective=objective, summary=summary)
 
-
-def _close(figures: Mapping[str, Any]) -> None:
-    import matplotlib.pyplot as plt
-
-    for fig in figures.values():
-        plt.close(fig)

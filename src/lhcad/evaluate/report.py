@@ -1,0 +1,314 @@
+"""One evaluation for every method: metrics, curves and figures of a run's scores.
+
+::
+
+    config = EvaluationConfig()
+    result = evaluate(test, method.score(test), unused_signal, method.score(unused_signal), config)
+    mlflow.log_metrics(result.metrics)
+    for name, fig in result.figures.items():
+        fig.savefig(out_dir / name)
+    np.savez(out_dir / "curves.npz", **result.curves)
+    print("\\n".join(result.summary_lines()))
+
+Two samples enter, with different roles:
+
+* ``test``: the held-out part of the sample *as injected* (background plus whatever signal was
+  injected, maybe none). Selections at fixed efficiency and mass sculpting use all of it,
+  exactly as an analysis would.
+* ``signal``: signal events never injected anywhere. ROC, AUC, SIC and background rejection
+  compare the test *background* (label 0) against all of them, so these curves do not depend on
+  the (possibly tiny or zero) amount of injected signal.
+
+Search statistics (bump hunt, ABCD ...) plug in through :class:`SearchStatistic`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from lhcad.data.events import Events
+from lhcad.evaluate import metrics as m
+from lhcad.evaluate.plots import plot_jet_scores, plot_mjj_selections, plot_roc, plot_sic
+from lhcad.evaluate.sculpting import mass_sculpting
+from lhcad.evaluate.selection import select_efficiency
+from lhcad.methods.base import Scores
+
+__all__ = ["Evaluation", "EvaluationConfig", "SearchStatistic", "StatisticResult", "evaluate"]
+
+logger = logging.getLogger(__name__)
+
+
+def _efficiencies(values: Iterable[float], name: str) -> tuple[float, ...]:
+    out = tuple(float(v) for v in values)
+    bad = [v for v in out if not 0.0 < v <= 1.0]
+    if bad:
+        raise ValueError(f"EvaluationConfig.{name} must all be in (0, 1], got {bad}")
+    return out
+
+
+@dataclass
+class EvaluationConfig:
+    """Settings of :func:`evaluate`.
+
+    Attributes:
+        efficiencies: fractions of the test sample kept by the selections (mjj plots, sculpting).
+        signal_efficiencies: signal efficiencies at which the background rejection 1/eps_B is quoted.
+        min_background: fewest background events a cut must keep for its SIC to count (max SIC).
+        mjj_bins: number of mjj bins (plots and sculpting JSD).
+        mjj_range: mjj range in GeV (plots and sculpting JSD).
+        plots: make figures.
+    """
+
+    efficiencies: tuple[float, ...] = (0.1, 0.03, 0.01)
+    signal_efficiencies: tuple[float, ...] = (0.3, 0.5)
+    min_background: int = 20
+    mjj_bins: int = 40
+    mjj_range: tuple[float, float] = (1500.0, 6500.0)
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        # accept any sequence (e.g. an OmegaConf ListConfig from hydra)
+        self.efficiencies = _efficiencies(self.efficiencies, "efficiencies")
+        self.signal_efficiencies = _efficiencies(self.signal_efficiencies, "signal_efficiencies")
+        self.mjj_range = tuple(float(v) for v in self.mjj_range)  # type: ignore[assignment]
+        if len(self.mjj_range) != 2 or not self.mjj_range[0] < self.mjj_range[1]:
+            raise ValueError(
+                f"EvaluationConfig.mjj_range must be (low, high) with low < high, got {self.mjj_range}"
+            )
+        if int(self.mjj_bins) < 1:
+            raise ValueError(f"EvaluationConfig.mjj_bins must be >= 1, got {self.mjj_bins}")
+        if int(self.min_background) < 0:
+            raise ValueError(f"EvaluationConfig.min_background must be >= 0, got {self.min_background}")
+        self.mjj_bins, self.min_background = int(self.mjj_bins), int(self.min_background)
+
+
+# ------------------------------------------------------------------------------------------- statistics hook
+
+
+@dataclass
+class StatisticResult:
+    """What a :class:`SearchStatistic` returns.
+
+    Attributes:
+        metrics: scalar results by key, merged into :attr:`Evaluation.metrics` as they are (name
+            them yourself, e.g. ``"bump_hunt/significance"``; a key that already exists is an error).
+        figures: figures by file name (e.g. ``"bump_hunt_fit.png"``), merged into :attr:`Evaluation.figures`.
+        table: rows (flat dicts) for the run summary; each gets ``"statistic": name`` added.
+    """
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+
+@runtime_checkable
+class SearchStatistic(Protocol):
+    """The hook for search statistics (bump hunt, ABCD, ...) run on the scored test sample.
+
+    Any object with a ``name`` and this call signature can be passed to :func:`evaluate`::
+
+        class BumpHunt:
+            name = "bump_hunt"
+
+            def __call__(self, test: Events, scores: Scores) -> StatisticResult:
+                ...  # cut on scores.event, fit the mjj spectrum of test, ...
+                return StatisticResult(metrics={"bump_hunt/significance": z}, figures={"bump_hunt.png": fig})
+
+    ``test`` is the test sample as injected (its ``label`` column is truth, for checks only) and
+    ``scores`` its scores; the statistic must not modify either.
+    """
+
+    name: str
+
+    def __call__(self, test: Events, scores: Scores) -> StatisticResult: ...
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Evaluation:
+    """Result of :func:`evaluate`.
+
+    Attributes:
+        metrics: scalar metrics by key (NaN where not computable; see :func:`evaluate`).
+        figures: figures by file name (``roc.png``, ``sic.png``, ``mjj_selections.png``,
+            ``jet_scores.png`` and the statistics' figures); empty when plots are off.
+        curves: ``eps_s``, ``eps_b``, ``thresholds`` and ``sic`` arrays of the ROC curve (for ``np.savez``).
+        table: summary rows: one per selection efficiency, then the statistics' rows.
+        config: the configuration used.
+    """
+
+    metrics: dict[str, float]
+    figures: dict[str, Figure] = field(default_factory=dict)
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    table: list[dict[str, Any]] = field(default_factory=list)
+    config: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def summary_lines(self) -> list[str]:
+        """A short human-readable table of the main metrics, one line each."""
+        get = self.metrics.get
+        nan = float("nan")
+        rows: list[tuple[str, str]] = [("AUC", _fmt(get("auc", nan)))]
+        if "auc_jet1" in self.metrics:
+            rows.append(("AUC jet 1 / jet 2", f"{_fmt(get('auc_jet1', nan))} / {_fmt(get('auc_jet2', nan))}"))
+        for e in self.config.signal_efficiencies:
+            rows.append((f"1/eps_B @ eps_S={e:g}", _fmt(get(f"inv_eps_b/eff_s_{e:g}", nan))))
+        rows.append(
+            (
+                f"max SIC (N_B >= {self.config.min_background})",
+                f"{_fmt(get('max_sic', nan))} @ eps_S={_fmt(get('max_sic/eff_s', nan))}",
+            )
+        )
+        for e in self.config.efficiencies:
+            rows.append(
+                (
+                    f"JSD(mjj) @ eff={e:g}",
+                    f"{_fmt(get(f'jsd_mjj/eff_{e:g}', nan))}  "
+                    f"({_fmt(get(f'n_selected_signal/eff_{e:g}', nan))} signal "
+                    f"of {_fmt(get(f'n_selected/eff_{e:g}', nan))} selected)",
+                )
+            )
+        width = max(len(name) for name, _ in rows)
+        return [f"{name:<{width}}  {value}" for name, value in rows]
+
+
+def _fmt(value: float) -> str:
+    """Whole numbers (event counts) in full, everything else to 4 significant digits."""
+    value = float(value)
+    return f"{int(value)}" if math.isfinite(value) and value.is_integer() else f"{value:.4g}"
+
+
+def _check_scores(events: Events, scores: Scores, what: str) -> None:
+    if len(scores.event) != len(events):
+        raise ValueError(f"{what}: {len(scores.event)} scores for {len(events)} events")
+
+
+def evaluate(
+    test: Events,
+    test_scores: Scores,
+    signal: Events,
+    signal_scores: Scores,
+    config: EvaluationConfig | None = None,
+    statistics: Sequence[SearchStatistic] = (),
+) -> Evaluation:
+    """Evaluate a method's scores the same way for every method.
+
+    Args:
+        test: the test sample as injected (background and injected signal; ``label`` column).
+        test_scores: scores of ``test``.
+        signal: held-out signal events (never injected), for the ROC curve.
+        signal_scores: scores of ``signal``.
+        config: evaluation settings (default :class:`EvaluationConfig`).
+        statistics: search statistics to run on ``(test, test_scores)``, see :class:`SearchStatistic`.
+
+    Returns:
+        An :class:`Evaluation` whose ``metrics`` has the keys (``E`` = each of
+        ``config.efficiencies``, ``S`` = each of ``config.signal_efficiencies``, formatted ``f"{x:g}"``):
+
+        * ``auc``, ``inv_eps_b/eff_s_S``, ``max_sic``, ``max_sic/eff_s``, ``n_roc_background``,
+          ``n_roc_signal``: test background against all held-out signal;
+        * ``auc_jet1``, ``auc_jet2``, ``jet_score_corr_bkg`` (per-jet scores only): per-jet AUCs and
+          the Pearson correlation of the jet-1 and jet-2 scores of the test background;
+        * ``jsd_mjj/eff_E``, ``n_selected/eff_E``, ``n_selected_signal/eff_E``: selections keeping
+          the top fraction E of the test sample and the JSD between its background mjj histograms
+          before and after;
+        * ``n_test``, ``n_test_signal``;
+        * the statistics' own keys.
+
+        Metrics that cannot be computed (no held-out signal, no background, too few background
+        events for the SIC, ...) are NaN, with the reason logged.
+
+    Raises:
+        ValueError: scores and events differ in length, or a statistic returns a key that exists.
+    """
+    config = config if config is not None else EvaluationConfig()
+    _check_scores(test, test_scores, "test")
+    _check_scores(signal, signal_scores, "signal")
+    labels = np.asarray(test.labels)
+    background = labels == 0
+    if "label" in signal and np.any(np.asarray(signal.labels) != 1):
+        logger.warning(
+            "%d of the %d held-out 'signal' events are labelled background; using them all as signal",
+            int(np.sum(np.asarray(signal.labels) != 1)),
+            len(signal),
+        )
+    per_jet = test_scores.per_jet and signal_scores.per_jet
+    if test_scores.per_jet != signal_scores.per_jet:
+        logger.warning("only one of the test and signal scores is per-jet; per-jet metrics are skipped")
+
+    metrics: dict[str, float] = {}
+    # ---- classifier metrics: test background vs held-out signal
+    bkg_scores = test_scores.event[background]
+    roc = m.roc_curve(bkg_scores, signal_scores.event)
+    metrics["auc"] = m.auc(bkg_scores, signal_scores.event)
+    if per_jet:
+        metrics["auc_jet1"] = m.auc(test_scores.jet1[background], signal_scores.jet1)
+        metrics["auc_jet2"] = m.auc(test_scores.jet2[background], signal_scores.jet2)
+    for e in config.signal_efficiencies:
+        metrics[f"inv_eps_b/eff_s_{e:g}"] = m.rejection_at(roc, e)
+    metrics["max_sic"], metrics["max_sic/eff_s"] = m.max_sic(roc, config.min_background)
+    if per_jet:
+        metrics["jet_score_corr_bkg"] = m.pearson(test_scores.jet1[background], test_scores.jet2[background])
+
+    # ---- selections on the test sample as injected
+    mjj = np.asarray(test["mjj"], dtype=np.float64)
+    jsds = mass_sculpting(
+        mjj, labels, test_scores.event, config.efficiencies, config.mjj_bins, config.mjj_range
+    )
+    table: list[dict[str, Any]] = []
+    for e in config.efficiencies:
+        selected = select_efficiency(test_scores.event, e)
+        n_sel, n_sel_sig = int(selected.sum()), int(np.sum(selected & (labels == 1)))
+        metrics[f"jsd_mjj/eff_{e:g}"] = jsds[e]
+        metrics[f"n_selected/eff_{e:g}"] = float(n_sel)
+        metrics[f"n_selected_signal/eff_{e:g}"] = float(n_sel_sig)
+        table.append(
+            {"efficiency": e, "n_selected": n_sel, "n_selected_signal": n_sel_sig, "jsd_mjj": jsds[e]}
+        )
+    metrics["n_test"] = float(len(test))
+    metrics["n_test_signal"] = float(np.sum(labels == 1))
+    metrics["n_roc_background"] = float(roc.n_background)
+    metrics["n_roc_signal"] = float(roc.n_signal)
+
+    sic = m.sic_curve(roc, config.min_background)
+    curves = {"eps_s": roc.eps_s, "eps_b": roc.eps_b, "thresholds": roc.thresholds, "sic": sic}
+
+    figures: dict[str, Figure] = {}
+    if config.plots:
+        figures["roc.png"] = plot_roc(roc)
+        figures["sic.png"] = plot_sic(roc, config.min_background)
+        figures["mjj_selections.png"] = plot_mjj_selections(
+            mjj, labels, test_scores.event, config.efficiencies, config.mjj_bins, config.mjj_range
+        )
+        if per_jet:
+            bkg = Scores(*(v[background] for v in (test_scores.event, test_scores.jet1, test_scores.jet2)))
+            if len(bkg.event) or len(signal_scores.event):
+                figures["jet_scores.png"] = plot_jet_scores(bkg, signal_scores)
+            else:
+                logger.warning("jet_scores.png skipped: no test background and no held-out signal")
+
+    evaluation = Evaluation(metrics=metrics, figures=figures, curves=curves, table=table, config=config)
+    for statistic in statistics:
+        _merge(evaluation, statistic.name, statistic(test, test_scores))
+    return evaluation
+
+
+def _merge(evaluation: Evaluation, name: str, result: StatisticResult) -> None:
+    """Add a statistic's results to ``evaluation``, refusing to overwrite anything."""
+    for what, mine, theirs in (
+        ("metric", evaluation.metrics, result.metrics),
+        ("figure", evaluation.figures, result.figures),
+    ):
+        clash = sorted(set(mine) & set(theirs))
+        if clash:
+            raise ValueError(f"search statistic '{name}' returns {what}(s) {clash}, which already exist")
+        mine.update(theirs)
+    evaluation.table.extend({"statistic": name, **row} for row in result.table)

@@ -1,0 +1,690 @@
+"""MLflow run tracking: a sqlite store under ``<mlruns_dir>``, one run per job, parent runs per sweep.
+
+Layout of a tracking directory::
+
+    <mlruns_dir>/mlflow.db      sqlite backend store (absolute ``sqlite:////...`` URI)
+    <mlruns_dir>/artifacts/     artifact root of every experiment created here
+    <mlruns_dir>/.store.lock    file lock serialising store creation across processes
+
+``mlflow`` is imported lazily (it takes seconds); importing this module does not import it.
+Everything goes through an explicit ``MlflowClient(tracking_uri=...)``, so nothing depends on
+MLflow's global state (``mlflow.set_tracking_uri``, the fluent active run).
+
+Typical use inside a Hydra job::
+
+    with RunTracker(cfg.tracking.mlruns_dir, cfg.tracking.experiment, run_name,
+                    parent_run_id=parent_run_id_for_job()) as run:
+        run.log_config(cfg)
+        run.log_metrics({"val_loss": 0.3}, step=epoch)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import math
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from hydra.experimental.callback import Callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+    from omegaconf import DictConfig
+
+__all__ = [
+    "MAX_PARAM_LENGTH",
+    "PARENT_RUN_ID_FILE",
+    "MultirunParentRun",
+    "RunTracker",
+    "ensure_store",
+    "flatten_config",
+    "git_commit",
+    "parent_run_id_for_job",
+    "tracking_uri",
+    "ui_command",
+]
+
+log = logging.getLogger(__name__)
+
+#: Longest param value logged; longer values are cut and end with :data:`TRUNCATION_MARKER`.
+MAX_PARAM_LENGTH = 500
+TRUNCATION_MARKER = "...[truncated]"
+#: Name of the file in a Hydra sweep directory that holds the sweep's parent run id.
+PARENT_RUN_ID_FILE = "mlflow_parent_run_id"
+
+_DB_NAME = "mlflow.db"
+_ARTIFACTS_DIR = "artifacts"
+_LOCK_NAME = ".store.lock"
+_MAX_KEY_LENGTH = 250  # MLflow's limit for param / metric / tag keys
+_MAX_TAG_LENGTH = 8000  # MLflow's limit for tag values
+_MAX_ERROR_TAG_LENGTH = 500
+_PARAMS_PER_BATCH = 100  # MLflow: at most 100 params (and 100 tags) per log_batch call
+_METRICS_PER_BATCH = 1000
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+# --------------------------------------------------------------------------------------------
+# store
+# --------------------------------------------------------------------------------------------
+
+
+def _abs_dir(mlruns_dir: str | os.PathLike[str]) -> Path:
+    return Path(mlruns_dir).expanduser().resolve()
+
+
+def tracking_uri(mlruns_dir: str | os.PathLike[str]) -> str:
+    """Absolute sqlite URI of the store in ``mlruns_dir``: ``sqlite:////abs/mlruns/mlflow.db``."""
+    return "sqlite:///" + (_abs_dir(mlruns_dir) / _DB_NAME).as_posix()
+
+
+def ui_command(mlruns_dir: str | os.PathLike[str]) -> str:
+    """Shell command that opens the MLflow UI on the store in ``mlruns_dir``."""
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri(mlruns_dir))}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``path`` (created if missing); a no-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        log.debug("fcntl unavailable; store creation is not locked")
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _client(uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_store(mlruns_dir: str | os.PathLike[str], experiment: str) -> tuple[str, str]:
+    """Create the store in ``mlruns_dir`` and the experiment ``experiment`` if missing.
+
+    Process-safe: creation runs under an exclusive file lock on ``<mlruns_dir>/.store.lock``
+    (concurrent first use of a fresh sqlite store otherwise races on the schema migration and
+    fails with "database is locked"). Idempotent and cheap once the store exists. A deleted
+    experiment of that name is restored. Returns ``(tracking_uri, experiment_id)``.
+    """
+    root = _abs_dir(mlruns_dir)
+    artifacts = root / _ARTIFACTS_DIR
+    artifacts.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(root)
+    with _file_lock(root / _LOCK_NAME):
+        client = _client(uri)  # creates the tables (schema migration) on first use
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            exp_id = client.create_experiment(experiment, artifact_location=str(artifacts))
+            log.info("created MLflow experiment %r (id %s) in %s", experiment, exp_id, uri)
+            return uri, exp_id
+        if exp.lifecycle_stage == "deleted":
+            log.warning("restoring deleted MLflow experiment %r (id %s)", experiment, exp.experiment_id)
+            client.restore_experiment(exp.experiment_id)
+        if not _same_location(exp.artifact_location, artifacts):
+            log.warning(
+                "experiment %r stores artifacts in %s, not under %s",
+                experiment,
+                exp.artifact_location,
+                artifacts,
+            )
+        return uri, exp.experiment_id
+
+
+def _same_location(location: str, path: Path) -> bool:
+    if location.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        location = unquote(urlparse(location).path)
+    return Path(location) == path
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _truncate(value: str, limit: int) -> str:
+    if len(value) <= limit:
+        return value
+    return value[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
+def _to_container(cfg: Any) -> Any:
+    """Plain dicts/lists from an OmegaConf node (resolved where possible); other values as they are."""
+    if type(cfg).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        try:
+            return OmegaConf.to_container(cfg, resolve=True)
+        except Exception as exc:  # unresolvable interpolation, e.g. ${hydra:...} outside Hydra
+            log.debug("config not resolvable (%s); logging it unresolved", exc)
+            return OmegaConf.to_container(cfg, resolve=False)
+    return cfg
+
+
+def flatten_config(cfg: Mapping[str, Any], sep: str = ".") -> dict[str, str]:
+    """Flatten nested mappings and lists into ``{"a.b.0": "value"}`` with string values.
+
+    OmegaConf configs are resolved first (unresolved if that fails). Empty containers are kept
+    as ``"{}"`` / ``"[]"``; values longer than :data:`MAX_PARAM_LENGTH` characters are cut and
+    end with :data:`TRUNCATION_MARKER`.
+    """
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        node = _to_container(node)
+        if isinstance(node, Mapping):
+            items: Any = node.items()
+            if not node and prefix:
+                out[prefix] = "{}"
+        elif isinstance(node, (list, tuple)):
+            items = enumerate(node)
+            if not node and prefix:
+                out[prefix] = "[]"
+        else:
+            out[prefix] = _truncate(str(node), MAX_PARAM_LENGTH)
+            return
+        for key, value in items:
+            walk(value, f"{prefix}{sep}{key}" if prefix else str(key))
+
+    walk(cfg, "")
+    return out
+
+
+def _sanitize_key(key: str) -> str:
+    """Make ``key`` acceptable to MLflow (allowed characters, no empty/relative path parts)."""
+    cleaned = _BAD_KEY_CHARS.sub("_", str(key))
+    parts = [("_" * len(p) if p in {".", ".."} else p) for p in cleaned.split("/") if p]
+    return "/".join(parts)[:_MAX_KEY_LENGTH] or "_"
+
+
+def git_commit(repo_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """Commit hash of ``HEAD`` of the checkout holding ``repo_dir`` (default: this package's source).
+
+    Returns None outside a git checkout, without git, or on any git error.
+    """
+    out = _git(repo_dir, "rev-parse", "HEAD")
+    return out if out and re.fullmatch(r"[0-9a-f]{40,64}", out) else None
+
+
+def _git_dirty(repo_dir: str | os.PathLike[str] | None = None) -> bool | None:
+    """Whether tracked files differ from ``HEAD`` (None if unknown). Takes no index lock."""
+    out = _git(repo_dir, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out)
+
+
+def _git(repo_dir: str | os.PathLike[str] | None, *args: str) -> str | None:
+    cwd = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parent
+    try:
+        res = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("git %s failed: %s", " ".join(args), exc)
+        return None
+    if res.returncode != 0:
+        return None
+    return res.stdout.strip()
+
+
+def _default_tags() -> dict[str, str]:
+    """Provenance tags that MLflow's fluent API would set (the client API sets none)."""
+    tags = {
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python",
+        "lhcad.host": socket.gethostname(),
+        "lhcad.pid": str(os.getpid()),
+    }
+    with contextlib.suppress(Exception):
+        tags["mlflow.user"] = getpass.getuser()
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        dirty = _git_dirty()
+        if dirty is not None:
+            tags["lhcad.git_dirty"] = str(dirty).lower()
+    return tags
+
+
+def _str_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {_sanitize_key(k): _truncate(str(v), _MAX_TAG_LENGTH) for k, v in tags.items()}
+
+
+def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _terminate(client: MlflowClient, run_id: str, status: str, attempts: int = 3) -> None:
+    """``set_terminated`` with a few retries (sqlite may be busy under many parallel jobs)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            client.set_terminated(run_id, status=status)
+            return
+        except Exception:
+            if attempt == attempts:
+                raise
+            log.warning("could not mark run %s %s (attempt %d); retrying", run_id, status, attempt)
+            time.sleep(attempt)
+
+
+def _exit_status(exc: BaseException | None) -> str:
+    """MLflow run status for a block that ended with ``exc`` (None: success)."""
+    if exc is None:
+        return "FINISHED"
+    if isinstance(exc, SystemExit):
+        return "FINISHED" if exc.code in (None, 0) else "FAILED"
+    if isinstance(exc, Exception):
+        return "FAILED"
+    return "KILLED"  # KeyboardInterrupt and other BaseExceptions
+
+
+# --------------------------------------------------------------------------------------------
+# one run
+# --------------------------------------------------------------------------------------------
+
+
+class RunTracker:
+    """Context manager around one MLflow run in the store at ``mlruns_dir``.
+
+    On entry the store and experiment are ensured and a run is created (with provenance tags,
+    ``mlflow.parentRunId`` when ``parent_run_id`` is given, and ``tags``). On exit the run is
+    FINISHED on success, FAILED on an exception (with an ``error`` tag and an ``error.txt``
+    traceback artifact) and KILLED on KeyboardInterrupt; exceptions are never swallowed.
+    An instance may be entered again after it exited: each ``with`` block is a new run.
+    """
+
+    def __init__(
+        self,
+        mlruns_dir: str | os.PathLike[str],
+        experiment: str,
+        run_name: str | None = None,
+        *,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.mlruns_dir = _abs_dir(mlruns_dir)
+        self.experiment = experiment
+        self.run_name = run_name
+        self.parent_run_id = parent_run_id
+        self.tags: dict[str, Any] = dict(tags or {})
+        self.uri = tracking_uri(self.mlruns_dir)
+        self.experiment_id: str | None = None
+        self._client: MlflowClient | None = None
+        self._run_id: str | None = None
+        self._artifact_uri: str | None = None
+        self._active = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> RunTracker:
+        if self._active:
+            raise RuntimeError(f"run {self._run_id} is still active; RunTracker is not re-entrant")
+        self.uri, self.experiment_id = ensure_store(self.mlruns_dir, self.experiment)
+        self._client = _client(self.uri)
+        tags = _default_tags()
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        tags.update(_str_tags(self.tags))
+        run = self._client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
+        self._run_id = run.info.run_id
+        self._artifact_uri = run.info.artifact_uri
+        self.run_name = run.info.run_name
+        self._active = True
+        log.info("MLflow run %s (%s) in experiment %r", self._run_id, self.run_name, self.experiment)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if not self._active:
+            return False
+        self._active = False
+        status = _exit_status(exc)
+        client, run_id = self.client, self.run_id
+        if exc is not None and status != "FINISHED":
+            try:
+                message = " ".join(traceback.format_exception_only(exc_type, exc)[-1].split())
+                client.set_tag(run_id, "error", _truncate(message, _MAX_ERROR_TAG_LENGTH))
+                text = "".join(traceback.format_exception(exc_type, exc, tb))
+                client.log_text(run_id, text, "error.txt")
+            except Exception:
+                log.exception("could not record the error of run %s", run_id)
+        if exc is None:
+            _terminate(client, run_id, status)
+        else:
+            try:
+                _terminate(client, run_id, status)
+            except Exception:  # never mask the original exception
+                log.exception("could not mark run %s %s", run_id, status)
+        log.info("MLflow run %s %s", run_id, status)
+        return False
+
+    # ---- properties ------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        """Id of the current (or last) run; raises before the first ``with``."""
+        if self._run_id is None:
+            raise RuntimeError("RunTracker has no run yet: use it as a context manager")
+        return self._run_id
+
+    @property
+    def client(self) -> MlflowClient:
+        """The ``MlflowClient`` bound to this store."""
+        if self._client is None:
+            raise RuntimeError("RunTracker has no run yet: use it as a context manager")
+        return self._client
+
+    @property
+    def artifact_uri(self) -> str:
+        """Artifact root of the run (an absolute local path in this store)."""
+        self.run_id  # noqa: B018 - raises before the first run
+        assert self._artifact_uri is not None
+        return self._artifact_uri
+
+    # ---- logging ---------------------------------------------------------------------------
+
+    def log_params(self, cfg: Mapping[str, Any]) -> None:
+        """Log ``cfg`` flattened (see :func:`flatten_config`), in batches of at most 100.
+
+        Keys are made MLflow-safe. A key already logged with the same value is skipped; one
+        already logged with another value is skipped with a warning (MLflow params are
+        immutable and the whole batch would be refused).
+        """
+        flat = {_sanitize_key(k): v for k, v in flatten_config(cfg).items()}
+        existing = self.client.get_run(self.run_id).data.params
+        for key in [k for k in flat if k in existing]:
+            value = flat.pop(key)
+            if existing[key] != value:
+                log.warning("param %r already logged as %r; not changing it to %r", key, existing[key], value)
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in flat.items()]
+        for chunk in _chunks(params, _PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=list(chunk), synchronous=True)
+
+    def log_config(self, cfg: Mapping[str, Any], artifact_file: str = "config.yaml") -> None:
+        """Log ``cfg`` as flattened params and in full as a YAML artifact."""
+        self.log_params(cfg)
+        self.log_text(_to_yaml(cfg), artifact_file)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log numeric metrics at ``step`` (default 0). None values are skipped; NaN is kept."""
+        from mlflow.entities import Metric
+
+        ts = _now_ms()
+        batch = []
+        for key, value in metrics.items():
+            if value is None:
+                continue
+            if hasattr(value, "item"):  # numpy scalars, 1-element arrays / tensors
+                value = value.item()
+            batch.append(Metric(_sanitize_key(key), float(value), ts, int(step or 0)))
+        for chunk in _chunks(batch, _METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=list(chunk), synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags (values converted to strings, cut at MLflow's 8000-character limit)."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, v) for k, v in _str_tags(tags).items()]
+        for chunk in _chunks(items, _PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=list(chunk), synchronous=True)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Write ``text`` to the artifact ``artifact_file`` (a relative path, e.g. ``"a/b.txt"``)."""
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, fig: Any, artifact_file: str, dpi: int = 100) -> None:
+        """Save a matplotlib figure as PNG to ``artifact_file``; the figure is not closed."""
+        self._log_via_file(artifact_file, lambda p: fig.savefig(p, format="png", dpi=dpi))
+
+    def log_arrays(self, arrays: Mapping[str, np.ndarray], artifact_file: str) -> None:
+        """Save arrays with ``numpy.savez_compressed`` to ``artifact_file`` (``.npz``)."""
+        import numpy as np
+
+        def write(path: Path) -> None:
+            with open(path, "wb") as fh:  # a file object: savez would append ".npz" to a path
+                np.savez_compressed(fh, **{str(k): np.asarray(v) for k, v in arrays.items()})
+
+        self._log_via_file(artifact_file, write)
+
+    def log_torch_state(self, state: Mapping[str, Any], artifact_file: str) -> None:
+        """``torch.save`` a mapping (e.g. of ``state_dict``s) to ``artifact_file``."""
+        import torch
+
+        self._log_via_file(artifact_file, lambda p: torch.save(dict(state), p))
+
+    def log_file(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Copy a local file (or directory) into the run's artifacts under ``artifact_path``."""
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def _log_via_file(self, artifact_file: str, write: Callable[[Path], Any]) -> None:
+        rel = Path(artifact_file)
+        if rel.is_absolute() or ".." in rel.parts or not rel.name:
+            raise ValueError(f"artifact_file must be a relative file path, got {artifact_file!r}")
+        with tempfile.TemporaryDirectory(prefix="lhcad-artifact-") as tmp:
+            local = Path(tmp) / rel.name
+            write(local)
+            parent = rel.parent.as_posix()
+            self.client.log_artifact(self.run_id, str(local), None if parent == "." else parent)
+
+
+def _to_yaml(cfg: Mapping[str, Any]) -> str:
+    if type(cfg).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        try:
+            return OmegaConf.to_yaml(cfg, resolve=True)
+        except Exception:
+            return OmegaConf.to_yaml(cfg)
+    import yaml
+
+    return yaml.safe_dump(_plain(cfg), sort_keys=False)
+
+
+def _plain(node: Any) -> Any:
+    """Mappings/sequences as dicts/lists, other non-YAML scalars as strings."""
+    if isinstance(node, Mapping):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    if node is None or isinstance(node, (bool, int, str)):
+        return node
+    if isinstance(node, float):
+        return node if math.isfinite(node) else str(node)
+    return str(node)
+
+
+# --------------------------------------------------------------------------------------------
+# Hydra multirun: one parent run per sweep
+# --------------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+    from omegaconf import OmegaConf
+
+    sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+    if not sweep_dir.is_absolute():
+        cwd = OmegaConf.select(config, "hydra.runtime.cwd", default=None)
+        sweep_dir = Path(cwd or os.getcwd()) / sweep_dir
+    return sweep_dir
+
+
+class MultirunParentRun(Callback):
+    """Hydra callback: one MLflow parent run per ``--multirun`` sweep.
+
+    Reads ``tracking.mlruns_dir`` and ``tracking.experiment`` from the app config. At the start
+    of the sweep it creates the store (once, before any job runs) and a RUNNING parent run, and
+    writes its id to ``<sweep dir>/mlflow_parent_run_id``, where jobs in other processes find
+    it with :func:`parent_run_id_for_job`. At the end it tags the children counts and ends the
+    parent (FINISHED; FAILED / KILLED if the sweep itself raised). Register it with
+    ``hydra.callbacks.mlflow_parent: {_target_: lhcad.tracking.MultirunParentRun}``.
+    """
+
+    def __init__(self) -> None:
+        self._uri: str | None = None
+        self._experiment_id: str | None = None
+        self._run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Ensure the store, create the parent run and publish its id in the sweep directory."""
+        from omegaconf import OmegaConf
+
+        mlruns_dir = OmegaConf.select(config, "tracking.mlruns_dir")
+        experiment = OmegaConf.select(config, "tracking.experiment")
+        if not mlruns_dir or not experiment:
+            log.warning("no tracking.mlruns_dir / tracking.experiment in the config: no parent run")
+            return
+        sweep_dir = _sweep_dir(config)
+        name = sweep_dir.name or OmegaConf.select(config, "tracking.run_name", default=None)
+        overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+        self._uri, self._experiment_id = ensure_store(str(mlruns_dir), str(experiment))
+        client = _client(self._uri)
+        tags = _default_tags()
+        tags.update(
+            {
+                "lhcad.role": "multirun-parent",
+                "lhcad.sweep_dir": str(sweep_dir),
+                "lhcad.sweep_overrides": " ".join(str(o) for o in overrides),
+            }
+        )
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+        if sweeper:
+            tags["lhcad.sweeper"] = str(sweeper)
+        run = client.create_run(self._experiment_id, run_name=name, tags=_str_tags(tags))
+        self._run_id = run.info.run_id
+        _write_atomic(sweep_dir / PARENT_RUN_ID_FILE, self._run_id + "\n")
+        log.info("MLflow parent run %s (%s) for sweep %s", self._run_id, name, sweep_dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Tag children counts (``n_children``, ``n_failed``, ...) and end the parent run."""
+        status = _exit_status(sys.exc_info()[1])  # Hydra calls this in a `finally`
+        sweep_dir = _sweep_dir(config)
+        run_id = self._run_id
+        if run_id is None:
+            id_file = sweep_dir / PARENT_RUN_ID_FILE
+            run_id = id_file.read_text().strip() if id_file.is_file() else None
+        if run_id is None:
+            log.warning("no MLflow parent run for sweep %s", sweep_dir)
+            return
+        if self._uri is None:
+            from omegaconf import OmegaConf
+
+            self._uri = tracking_uri(str(OmegaConf.select(config, "tracking.mlruns_dir")))
+        client = _client(self._uri)
+        try:
+            counts = _child_counts(client, run_id)
+            client.log_batch(
+                run_id,
+                tags=[_run_tag(k, str(v)) for k, v in counts.items()],
+                synchronous=True,
+            )
+            for name in ("multirun.yaml", "optimization_results.yaml"):
+                if (sweep_dir / name).is_file():
+                    client.log_artifact(run_id, str(sweep_dir / name))
+        finally:
+            _terminate(client, run_id, status)
+        log.info("MLflow parent run %s %s (%s)", run_id, status, counts)
+        self._run_id = None
+
+
+def _run_tag(key: str, value: str) -> Any:
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
+
+
+def _child_counts(client: MlflowClient, parent_run_id: str) -> dict[str, int]:
+    """Number of runs tagged with ``parent_run_id`` as parent, in total and per status."""
+    from mlflow.entities import ViewType
+
+    statuses: list[str] = []
+    filt = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    token = None
+    while True:
+        page = client.search_runs(
+            exp_ids, filt, run_view_type=ViewType.ALL, max_results=1000, page_token=token
+        )
+        statuses += [r.info.status for r in page]
+        token = page.token
+        if not token:
+            break
+    return {
+        "n_children": len(statuses),
+        "n_finished": statuses.count("FINISHED"),
+        "n_failed": statuses.count("FAILED"),
+        "n_killed": statuses.count("KILLED"),
+        "n_running": statuses.count("RUNNING"),
+    }
+
+
+def parent_run_id_for_job() -> str | None:
+    """Parent run id of the current Hydra multirun job, read from the sweep directory.
+
+    None outside Hydra, in single-run mode, or when the sweep has no parent run (callback not
+    registered or failed).
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(str(hc.sweep.dir))
+    if not sweep_dir.is_absolute():
+        sweep_dir = Path(hc.runtime.cwd) / sweep_dir
+    id_file = sweep_dir / PARENT_RUN_ID_FILE
+    try:
+        run_id = id_file.read_text().strip()
+    except OSError:
+        log.info("no %s: the run gets no MLflow parent", id_file)
+        return None
+    return run_id or None
