@@ -6,45 +6,16 @@ and the assertions read the MLflow store it leaves behind.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lhcad.cli._paths import CONF_DIR, REPO_ROOT
+from lhcad.cli._paths import CONF_DIR
 from lhcad.config import build, register_resolvers
 from lhcad.methods.registry import available_methods
+from train_helpers import all_runs, client, run_train
 
-TRAIN = str(REPO_ROOT / "train.py")
 FAST = ["data=tiny", "progress=false", "method.train.epochs=8"]  # plumbing checks
 FULL = ["data=tiny", "progress=false"]  # physics checks: default training settings
-
-
-def run_train(cwd: Path, *overrides: str, expect_ok: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "LHCAD_HOME"}
-    proc = subprocess.run(
-        [sys.executable, TRAIN, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    if expect_ok and proc.returncode != 0:
-        raise AssertionError(f"train.py {' '.join(overrides)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def client(cwd: Path):
-    from mlflow.tracking import MlflowClient
-
-    from lhcad.tracking import tracking_uri
-
-    return MlflowClient(tracking_uri=tracking_uri(cwd / "mlruns"))
-
-
-def all_runs(cwd: Path):
-    c = client(cwd)
-    exps = c.search_experiments()
-    return c.search_runs([e.experiment_id for e in exps], max_results=1000)
 
 
 # ---------------------------------------------------------------------------------------------- configs

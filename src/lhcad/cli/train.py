@@ -14,16 +14,19 @@ import hydra
 from omegaconf import DictConfig
 
 from lhcad.cli._paths import CONF_DIR
-from lhcad.config import ConfigError, register_resolvers
+from lhcad.config import TRUSTED_TARGETS, ConfigError, register_resolvers
 from lhcad.data.storage import DatasetError
 
 log = logging.getLogger("lhcad")
 
 register_resolvers()
 
+SWEEP_TARGETS = ("optuna.samplers.*", "hydra_plugins.*")
+"""Targets the sweep configs instantiate besides lhcad's own."""
+
 
 @hydra.main(config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def app(cfg: DictConfig) -> float | None:
     """Run one job; returns the configured objective (for Optuna sweeps)."""
     from lhcad.pipeline import run
 
@@ -33,6 +36,15 @@ def main(cfg: DictConfig) -> float | None:
         # bad input: one clear sentence, no traceback (a run already started is marked FAILED)
         log.error("%s", err)
         sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point: the Hydra app, allowed to instantiate lhcad's classes and Optuna's samplers
+    (Hydra's execution whitelist; callbacks and sweepers are built from config too)."""
+    from hydra.utils import execution_whitelist
+
+    with execution_whitelist([*TRUSTED_TARGETS, *SWEEP_TARGETS]):
+        app()
 
 
 if __name__ == "__main__":

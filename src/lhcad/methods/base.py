@@ -115,11 +115,8 @@ class EmpiricalCDF:
 def combine_jet_scores(jet1: np.ndarray, jet2: np.ndarray, cdf1: EmpiricalCDF, cdf2: EmpiricalCDF) -> Scores:
     """Per-jet scores -> :class:`Scores` with event score ``min(F1(s1), F2(s2))``.
 
-    Cutting the event score at a threshold t keeps the events whose jets are both above their
-    t-quantile; ties in the event score are broken by the other jet so that curves stay smooth.
+    Cutting the event score at x keeps exactly the events whose jets both have ``F > x``, i.e. both
+    above their x-quantile on the calibration sample.
     """
-    f1, f2 = cdf1(jet1), cdf2(jet2)
-    lo, hi = np.minimum(f1, f2), np.maximum(f1, f2)
-    # a tiny tie-breaker from the larger CDF keeps the "both above X" ordering intact
-    event = lo + 1e-9 * hi
+    event = np.minimum(cdf1(jet1), cdf2(jet2))
     return Scores(event=event, jet1=np.asarray(jet1, np.float64), jet2=np.asarray(jet2, np.float64))

@@ -1,0 +1,101 @@
+"""Unit checks of the method building blocks: score combination, TNT tagging, inputs, splits, registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from lhcad.config import ConfigError, split_spec
+from lhcad.data import load_dataset
+from lhcad.data.events import Events
+from lhcad.inputs import JetFeatures, JetImages, Scaler
+from lhcad.methods.base import EmpiricalCDF, FitContext, Scores, combine_jet_scores
+from lhcad.methods.registry import build_method, method_config
+from lhcad.methods.tnt import tag_events
+
+
+@pytest.fixture(scope="module")
+def fixture_data(fixture_dir):
+    return load_dataset(fixture_dir, ("qcd", "signal"))
+
+
+def test_event_score_cut_is_both_jets_above_percentile():
+    rng = np.random.default_rng(1)
+    s1, s2 = rng.normal(size=20000), rng.exponential(size=20000)
+    scores = combine_jet_scores(s1, s2, EmpiricalCDF(s1), EmpiricalCDF(s2))
+    for x in (0.5, 0.8, 0.95):
+        both = (s1 > np.quantile(s1, x)) & (s2 > np.quantile(s2, x))
+        cut = scores.event > x
+        assert np.array_equal(cut, both)
+    # independent jets: keeping both above X keeps (1 - X)^2 of the events
+    assert np.mean(scores.event > 0.9) == pytest.approx(0.01, abs=0.002)
+
+
+def test_scores_reject_nan_with_a_reason():
+    with pytest.raises(FloatingPointError, match="diverged"):
+        Scores(event=np.array([0.1, np.nan]))
+    with pytest.raises(ValueError, match="both jet1 and jet2"):
+        Scores(event=np.zeros(2), jet1=np.zeros(2))
+
+
+def test_tag_events_sizes_and_mjj_window_on_signal_rich_only():
+    rng = np.random.default_rng(2)
+    other = rng.normal(size=1000)
+    mjj = rng.uniform(2500, 4500, size=1000)
+    sig, bkg = tag_events(other, 0.2, 0.4)
+    assert sig.sum() == 200 and bkg.sum() == 400 and not np.any(sig & bkg)
+    assert other[sig].min() > other[bkg].max()
+    sig_w, bkg_w = tag_events(other, 0.2, 0.4, mjj, (3300, 3700))
+    assert np.array_equal(bkg_w, bkg)  # never restricted
+    assert np.all((mjj[sig_w] >= 3300) & (mjj[sig_w] < 3700))
+    assert 0 < sig_w.sum() < sig.sum()
+    with pytest.raises(ValueError, match="add up to at most 1"):
+        tag_events(other, 0.7, 0.4)
+
+
+def test_split_spec_shares_the_training_fraction():
+    spec = split_spec({"test": 0.3, "val": 0.1}, {"initial": 1, "iter1": 1, "iter2": 2})
+    assert spec["test"] == 0.3 and spec["val"] == 0.1
+    assert spec["iter2"] == pytest.approx(0.3) and spec["initial"] == pytest.approx(0.15)
+    assert sum(spec.values()) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="clash"):
+        split_spec({"test": 0.3}, {"test": 1})
+
+
+def test_features_of_real_events_and_nan_is_a_clear_error(fixture_data):
+    qcd = fixture_data["qcd"]
+    inputs = JetFeatures(["m", "tau21", "nconst"])
+    x = inputs.jet(qcd, 1)
+    assert x.shape == (len(qcd), 3)
+    assert np.array_equal(x[:, 0], qcd["j1_m"])
+    assert inputs.event(qcd).shape == (len(qcd), 6)
+    assert set(inputs.columns) == {"j1_m", "j1_tau1", "j1_tau2", "j1_nconst", "j2_m", "j2_tau1", "j2_tau2", "j2_nconst"}
+    broken = qcd.with_columns(j2_tau4=np.where(np.arange(len(qcd)) < 5, np.nan, qcd["j2_tau4"]))
+    with pytest.raises(ValueError, match=r"5 of 8000 events have NaN .* \['tau43'\]"):
+        JetFeatures(["m", "tau43"]).jet(broken, 2)
+    with pytest.raises(KeyError, match="jets.images=true"):
+        JetImages().jet(qcd, 1)
+
+
+def test_scaler_standardises_on_training_data(fixture_data):
+    x = JetFeatures(["m", "nconst"]).jet(fixture_data["qcd"], 1)
+    z = Scaler.fit(x)(x)
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-3)
+
+
+def test_registry_builds_methods_and_names_the_choices():
+    ae = build_method("ae", JetFeatures(["m"]), {"dense": {"hidden": [8], "latent": 1}})
+    assert ae.dense == {"hidden": [8], "latent": 1}
+    tnt_mjj = OmegaConf.to_container(method_config("tnt_mjj"))  # tnt's defaults merged in
+    assert tnt_mjj["mjj_window"] == "${search.signal_region}" and tnt_mjj["signal_rich_first"] == 0.2
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; choose one of \[.*'tnt'"):
+        build_method("nope", JetFeatures(["m"]))
+
+
+def test_supervised_without_signal_says_so(fixture_data):
+    method = build_method("supervised", JetFeatures(["m"]))
+    background_only = Events(fixture_data["qcd"])
+    with pytest.raises(ValueError, match="needs signal events"):
+        method.fit({"train": background_only}, FitContext())
