@@ -141,6 +141,30 @@ def _val_auc(scores: Scores, labels: np.ndarray) -> float:
     return auc(scores.event[labels == 0], scores.event[labels == 1])
 
 
+def _draw(
+    cfg: DictConfig, data: Mapping[str, Events], parts_spec: Mapping[str, float], rng: np.random.Generator
+) -> tuple[dict[str, Events], Events, Events | None, Events]:
+    """Inject signal and split: (method parts, test, val or None, signal never injected)."""
+    try:
+        sample, unused_signal = inject_signal(data["qcd"], data["signal"], float(cfg.signal_frac), cfg.n_events, rng)
+        parts = split(sample, split_spec(dict(cfg.holdout), parts_spec), rng)
+    except ValueError as err:  # not enough events for this signal_frac / n_events / parts
+        raise ConfigError(str(err)) from None
+    test, val = parts.pop("test"), parts.pop("val", None)
+    return parts, test, val, unused_signal
+
+
+def _log_artifacts(tracker: Any, evaluation: Any, test: Events, test_scores: Scores, signal_scores: Scores) -> None:
+    """Plots, scores (with the test labels and m_jj needed to redo any selection) and curves."""
+    for fname, fig in evaluation.figures.items():
+        tracker.log_figure(fig, f"plots/{fname}")
+    arrays = {f"test_{k}": v for k, v in test_scores.as_arrays().items()}
+    arrays |= {f"signal_{k}": v for k, v in signal_scores.as_arrays().items()}
+    arrays |= {"test_label": test.labels, "test_mjj": test["mjj"]}
+    tracker.log_arrays(arrays, "scores.npz")
+    tracker.log_arrays(evaluation.curves, "curves.npz")
+
+
 def run(cfg: DictConfig) -> RunResult:
     """Train and evaluate one method as configured; log everything to MLflow."""
     from lhcad.tracking import RunTracker, ensure_store, git_commit, parent_run_id_for_job, ui_command
@@ -171,19 +195,12 @@ def run(cfg: DictConfig) -> RunResult:
         tracker.set_tags({"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device})
 
         rng = np.random.default_rng(int(cfg.seed))
-        try:
-            sample, unused_signal = inject_signal(data["qcd"], data["signal"], float(cfg.signal_frac), cfg.n_events, rng)
-            parts = split(sample, split_spec(dict(cfg.holdout), method.parts), rng)
-        except ValueError as err:  # not enough events for this signal_frac / n_events / parts
-            raise ConfigError(str(err)) from None
-        test, val = parts.pop("test"), parts.pop("val", None)
-        counts = {f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()}
-        counts |= {"n_signal_injected": float(sample.labels.sum()), "n_signal_heldout": float(len(unused_signal))}
-        tracker.log_metrics(counts)
+        parts, test, val, unused_signal = _draw(cfg, data, method.parts, rng)
+        tracker.log_metrics({f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()})
+        tracker.log_metrics({"n_signal_heldout": float(len(unused_signal))})
         log.info(
-            "%s: %d events (%d signal) in parts %s; test %d; held-out signal %d; device %s",
-            run_name, len(sample), int(sample.labels.sum()), {k: len(v) for k, v in parts.items()},
-            len(test), len(unused_signal), device,
+            "%s: parts %s, test %d (%d signal), held-out signal %d, device %s",
+            run_name, {k: len(v) for k, v in parts.items()}, len(test), int(test.labels.sum()), len(unused_signal), device,
         )
 
         ctx = FitContext(
@@ -208,15 +225,7 @@ def run(cfg: DictConfig) -> RunResult:
         for step, row in enumerate(_stage_metrics(method, test, unused_signal)):
             tracker.log_metrics({f"stage/{k}": v for k, v in row.items()}, step=step)
 
-        for fname, fig in evaluation.figures.items():
-            tracker.log_figure(fig, f"plots/{fname}")
-        tracker.log_arrays(
-            {**{f"test_{k}": v for k, v in test_scores.as_arrays().items()},
-             **{f"signal_{k}": v for k, v in signal_scores.as_arrays().items()},
-             "test_label": test.labels, "test_mjj": test["mjj"]},
-            "scores.npz",
-        )
-        tracker.log_arrays(evaluation.curves, "curves.npz")
+        _log_artifacts(tracker, evaluation, test, test_scores, signal_scores)
         if cfg.tracking.get("log_models", True) and hasattr(method, "state"):
             tracker.log_torch_state(method.state(), "model/state.pt")
 
