@@ -119,7 +119,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_sweep_three_trials_resumable_study(tmp_path):
+def test_optuna_sweep_three_trials_and_the_study_resumes(tmp_path):
     args = ("-m", *FAST, "hparams_search=tnt_optuna", "hydra.sweeper.n_trials=3", "signal_frac=0.09",
             "+method.initial_overrides.train.epochs=4", "method.train.epochs=4")
     run_train(tmp_path, *args)
@@ -135,6 +135,9 @@ def test_optuna_sweep_three_trials_resumable_study(tmp_path):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 3
     assert {t.value for t in study.trials} == {r.data.metrics["val_auc"] for r in children}
+    # the same command again continues the stored study
+    run_train(tmp_path, *(a.replace("n_trials=3", "n_trials=1") for a in args))
+    assert len(optuna.load_study(study_name=summary.study_name, storage=storage).trials) == 4
 
 
 # ---------------------------------------------------------------------------------------------- bad input
