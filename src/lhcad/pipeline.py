@@ -216,6 +216,8 @@ def run(cfg: DictConfig) -> RunResult:
         statistics = [build(s) for s in cfg.search.get("statistics", [])]
         evaluation = evaluate(test, test_scores, unused_signal, signal_scores, _eval_config(cfg.selection), statistics)
         metrics = dict(evaluation.metrics)
+        if hasattr(method, "extra_metrics"):  # method-specific metrics (e.g. nuisance-class AUCs)
+            metrics |= method.extra_metrics(test, test_scores, unused_signal, signal_scores)
         metrics["val_loss"] = float(getattr(method, "val_loss", float("nan")))
         if val is not None and len(val):
             metrics["val_auc"] = _val_auc(method.score(val), val.labels)

@@ -99,6 +99,15 @@ class Method(Protocol):
     def score(self, events: Events) -> Scores: ...
 
 
+# Optional, called by the pipeline when a method defines them:
+#   val_loss: float                      label-free objective for sweeps
+#   state() -> dict                      weights to save as an artifact
+#   jet_scores(events) -> (s1, s2)       per-jet methods (usable as TNT's initial tagger)
+#   score_stages(events) -> [Scores]     iterative methods: metrics per stage (step = stage)
+#   extra_metrics(test, test_scores, signal, signal_scores) -> dict[str, float]
+#                                        method-specific metrics, logged with the standard ones
+
+
 class EmpiricalCDF:
     """Empirical CDF of a reference sample: ``F(x)`` = fraction of reference values <= x."""
 
