@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lhcad.data.events import DERIVED_JET_FEATURES, jet_features
+from lhcad.data.events import jet_features
 
 __all__ = ["InputRepresentation", "JetFeatures", "JetImages", "Scaler"]
 
-_DERIVED_NEEDS = {
+_DERIVED_NEEDS = {  # stored fields behind each derived feature of lhcad.data.events.DERIVED_JET_FEATURES
     "tau21": ("tau1", "tau2"),
     "tau32": ("tau2", "tau3"),
     "tau43": ("tau3", "tau4"),
@@ -88,11 +88,7 @@ class JetFeatures(InputRepresentation):
 
     @property
     def columns(self) -> tuple[str, ...]:
-        fields: list[str] = []
-        for name in self.names:
-            for f in _DERIVED_NEEDS.get(name, (name,)) if name in DERIVED_JET_FEATURES else (name,):
-                if f not in fields:
-                    fields.append(f)
+        fields = dict.fromkeys(f for name in self.names for f in _DERIVED_NEEDS.get(name, (name,)))
         return tuple(f"j{j}_{f}" for j in (1, 2) for f in fields)
 
     @property
