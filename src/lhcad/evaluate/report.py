@@ -176,6 +176,17 @@ class Evaluation:
                     f"of {_fmt(get(f'n_selected/eff_{e:g}', nan))} selected)",
                 )
             )
+        for row in self.table:  # the statistics' rows: significance vs efficiency
+            if "statistic" not in row:
+                continue
+            rest = {k: v for k, v in row.items() if k not in ("statistic", "efficiency")}
+            eff = row.get("efficiency", "")
+            eff = eff if isinstance(eff, str) else f"eff={_fmt(eff)}"
+            values = "  ".join(
+                f"{k.removeprefix(row['statistic'] + '_')}={_fmt(v) if isinstance(v, (int, float)) else v}"
+                for k, v in rest.items()
+            )
+            rows.append((f"{row['statistic']} @ {eff}", values))
         width = max(len(name) for name, _ in rows)
         return [f"{name:<{width}}  {value}" for name, value in rows]
 

@@ -1,0 +1,55 @@
+"""Search statistics: bump hunts with profile-likelihood significance, ABCD estimates.
+
+::
+
+    from lhcad.stats import DijetBumpHunt, fit_dijet, profile_likelihood_z
+
+    fit = fit_dijet(counts, edges, mask=sr_bins)            # sideband fit, SR masked
+    b, sigma_b = dijet_prediction(fit, sr_bins)             # SR prediction +- fit uncertainty
+    z = profile_likelihood_z(counts[sr_bins].sum(), b, sigma_b)
+
+The ``SearchStatistic`` classes (:class:`DijetBumpHunt`, :class:`CubicGaussianBumpHunt`,
+:class:`AbcdCount`) are listed in ``conf/search/default.yaml`` and run in every training run.
+"""
+
+from lhcad.stats.abcd import AbcdEstimate, abcd_estimate, jet_cuts_at_efficiency
+from lhcad.stats.fits import (
+    SQRT_S,
+    BinnedFit,
+    dijet_function,
+    dijet_prediction,
+    fit_cubic_gaussian,
+    fit_dijet,
+    gaussian_bin_fractions,
+    poisson_deviance,
+)
+from lhcad.stats.search import AbcdCount, CubicGaussianBumpHunt, DijetBumpHunt
+from lhcad.stats.significance import (
+    abcd_significance,
+    asimov_z,
+    likelihood_ratio_z,
+    profile_likelihood_q0,
+    profile_likelihood_z,
+)
+
+__all__ = [
+    "SQRT_S",
+    "AbcdCount",
+    "AbcdEstimate",
+    "BinnedFit",
+    "CubicGaussianBumpHunt",
+    "DijetBumpHunt",
+    "abcd_estimate",
+    "abcd_significance",
+    "asimov_z",
+    "dijet_function",
+    "dijet_prediction",
+    "fit_cubic_gaussian",
+    "fit_dijet",
+    "gaussian_bin_fractions",
+    "jet_cuts_at_efficiency",
+    "likelihood_ratio_z",
+    "poisson_deviance",
+    "profile_likelihood_q0",
+    "profile_likelihood_z",
+]
