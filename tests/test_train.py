@@ -14,7 +14,7 @@ from lhcad.config import build, register_resolvers
 from lhcad.methods.registry import available_methods
 from train_helpers import all_runs, client, run_train
 
-FAST = ["data=tiny", "progress=false", "method.train.epochs=8"]  # plumbing checks
+FAST = ["data=tiny", "progress=false", "method.train.epochs=8", "selection.plots=false"]  # plumbing checks
 FULL = ["data=tiny", "progress=false"]  # physics checks: default training settings
 
 
