@@ -291,7 +291,7 @@ _APP = textwrap.dedent(
     import hydra
     from lhcad.tracking import RunTracker, parent_run_id_for_job
 
-    @hydra.main(version_base=None, config_path=".", config_name="cfg")
+    @hydra.main(config_path=".", config_name="cfg")
     def main(cfg):
         with RunTracker(cfg.tracking.mlruns_dir, cfg.tracking.experiment, f"x{cfg.x}",
                         parent_run_id=parent_run_id_for_job()) as run:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lhcad.data.events import Events
+from lhcad.evaluate.jet_mass import jet_mass_metrics, nuisance_aucs
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import train_autoencoder, train_config
 from lhcad.methods.base import FitContext, Scores
@@ -57,6 +58,10 @@ class AutoEncoder:
 
     def jet_scores(self, events: Events):
         return self._fitted().jet_scores(events)
+
+    def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
+        """Jet-mass sculpting (paper 004 eq. 14) and the AUC per JES class with its spread (paper 002)."""
+        return jet_mass_metrics(test, test_scores, signal, signal_scores) | nuisance_aucs(self.score, test, signal)
 
     @property
     def val_loss(self) -> float:

@@ -1,0 +1,134 @@
+"""``adv_ae``: adversarially-trained per-jet autoencoders (paper 002, section 4.1).
+
+Each jet's autoencoder is trained with an adversary that predicts, from the autoencoder's
+reconstruction loss, the event's jet-energy-scale class (``target: jes``: every training event
+shifted up / kept / shifted down by ``jes_shift`` at random, :func:`~lhcad.data.transforms.jes_variations`)
+or the jet's mass bin (``target: mass_bins``: ``mass_bins`` quantile bins, for mass
+decorrelation). Score and event combination as for ``ae``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from lhcad.data.events import Events
+from lhcad.data.transforms import DEFAULT_JES_SHIFT, NUISANCE_COLUMN, jes_variations
+from lhcad.evaluate.jet_mass import jet_mass_metrics, nuisance_aucs
+from lhcad.inputs import InputRepresentation, Scaler
+from lhcad.methods._nets import JetTagger, build_autoencoder
+from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.per_jet import JetTaggerPair, check_parts
+from lhcad.models.adversarial import AdversarialConfig, Adversary, train_adversarial
+from lhcad.models.training import seeded
+
+__all__ = ["AdversarialAutoEncoder", "adversarial_config"]
+
+TARGETS = ("jes", "mass_bins")
+
+
+def adversarial_config(cfg: Mapping[str, Any] | None) -> AdversarialConfig:
+    """An :class:`AdversarialConfig` from a mapping (unknown keys are an error)."""
+    cfg = dict(cfg or {})
+    known = {f.name for f in fields(AdversarialConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown adversarial training setting(s) {unknown}; known: {sorted(known)}")
+    return AdversarialConfig(**cfg)
+
+
+def mass_bin_classes(mass: np.ndarray, n_bins: int) -> np.ndarray:
+    """Quantile-bin index in ``[0, n_bins)`` of each mass."""
+    edges = np.quantile(np.asarray(mass, np.float64), np.linspace(0, 1, n_bins + 1)[1:-1])
+    return np.searchsorted(edges, mass, side="right").astype(np.int64)
+
+
+class AdversarialAutoEncoder:
+    """Per-jet autoencoders decorrelated from a nuisance (JES class or jet-mass bin) by an adversary."""
+
+    samples: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        inputs: InputRepresentation,
+        parts: Mapping[str, float] | None = None,
+        dense: Mapping[str, Any] | None = None,
+        conv: Mapping[str, Any] | None = None,
+        target: str = "jes",
+        jes_shift: float = DEFAULT_JES_SHIFT,
+        mass_bins: int = 3,
+        adversary: Mapping[str, Any] | None = None,
+        schedule: Mapping[str, Any] | None = None,
+    ) -> None:
+        if target not in TARGETS:
+            raise ValueError(f"adv_ae target must be one of {TARGETS}, got {target!r}")
+        self.inputs = inputs
+        self.parts = dict(parts or {"train": 1.0})
+        self.dense = dict(dense or {"hidden": [32, 16], "latent": 1})
+        self.conv = dict(conv or {"latent": 16})
+        self.target = target
+        self.jes_shift = float(jes_shift)
+        self.mass_bins = int(mass_bins)
+        self.adversary = dict(adversary or {"hidden": [20, 20]})
+        self.schedule = adversarial_config(schedule)
+        self.pair: JetTaggerPair | None = None
+
+    def _training_set(self, events: Events, seed: int) -> tuple[Events, dict[int, np.ndarray]]:
+        """The events the autoencoders see and each jet's adversary classes."""
+        if self.target == "jes":
+            varied = jes_variations(events.drop([NUISANCE_COLUMN]) if NUISANCE_COLUMN in events else events,
+                                    self.jes_shift, rng=np.random.default_rng(seed))
+            classes = varied[NUISANCE_COLUMN].astype(np.int64) + 1
+            return varied, {1: classes, 2: classes}
+        return events, {j: mass_bin_classes(events[f"j{j}_m"], self.mass_bins) for j in (1, 2)}
+
+    def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None:
+        check_parts(splits, ["train"], "adv_ae")
+        events = splits["train"]
+        train, classes = self._training_set(events, ctx.seed)
+        n_classes = 3 if self.target == "jes" else self.mass_bins
+        taggers = []
+        for j in (1, 2):
+            x = self.inputs.jet(train, j)
+            scaler = Scaler.fit(x)
+            seed = ctx.seed * 1000 + j
+            ae = build_autoencoder(tuple(x.shape[1:]), self.dense, self.conv, seed)
+            with seeded(seed + 500):
+                adversary = Adversary(n_classes, hidden=tuple(self.adversary["hidden"]))
+            history = train_adversarial(
+                ae, adversary, torch.from_numpy(scaler(x)), classes[j], self.schedule,
+                seed=seed, device=ctx.device, desc=f"adv_ae jet {j}", progress=ctx.progress,
+            )
+            taggers.append(JetTagger(ae, scaler, "reconstruction", history, ctx.device))
+        self.pair = JetTaggerPair(self.inputs, *taggers)
+        self.pair.calibrate(events)
+        ctx.log_metrics({f"adv_ae/val_loss_jet{j}": t.val_loss for j, t in zip((1, 2), taggers)}, None)
+
+    def score(self, events: Events) -> Scores:
+        return self._fitted().score(events)
+
+    def jet_scores(self, events: Events) -> tuple[np.ndarray, np.ndarray]:
+        return self._fitted().jet_scores(events)
+
+    def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
+        """Jet-mass sculpting (paper 004 eq. 14) and the AUC per JES class with its spread (paper 002)."""
+        return jet_mass_metrics(test, test_scores, signal, signal_scores) | nuisance_aucs(
+            self.score, test, signal, self.jes_shift
+        )
+
+    @property
+    def val_loss(self) -> float:
+        """Mean held-out reconstruction loss of the two jets after the last round."""
+        return float(np.mean([t.history.val_loss[-1] if t.history.val_loss else np.nan for t in self._fitted().taggers.values()]))
+
+    def state(self) -> dict[str, Any]:
+        return self._fitted().state()
+
+    def _fitted(self) -> JetTaggerPair:
+        if self.pair is None:
+            raise RuntimeError("fit() the adversarial autoencoders before scoring")
+        return self.pair

@@ -1,0 +1,293 @@
+"""Generative per-jet taggers of paper 004: ``vae``, ``disco_vae`` and ``oe_vae``.
+
+* ``vae`` (section II): a beta-VAE per jet, loss ``MSE + beta * KL`` (beta = 0.1); jet score
+  ``nll`` (MSE + KL), ``mse`` or ``kl``.
+* ``disco_vae`` (section IV, eqs. 7-10): adds ``kappa * dCor(m_jet, L_beta-VAE)`` over each batch
+  (kappa = 100), the weight ramped up linearly over the first ``anneal_epochs``.
+* ``oe_vae`` (section V, eqs. 11-13): Outlier Exposure with the ``outliers`` sample, resampled so
+  that its jet-mass distribution matches the training sample's ('planing'); MSE-OE
+  ``L - lambda * sigmoid(MSE_out - MSE_in)`` (lambda = 500, score MSE) or KL-OE
+  ``L + lambda * max(0, margin - (KL_out - KL_in))`` (lambda = 2, margin = 1, score KL), lambda
+  annealed cyclically.
+
+Like ``ae``, one model per jet, trained on all events of its part; event score from both jets'
+CDFs (:class:`~lhcad.methods.per_jet.JetTaggerPair`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lhcad.data.events import Events
+from lhcad.evaluate.jet_mass import jet_mass_metrics
+from lhcad.inputs import InputRepresentation, Scaler
+from lhcad.methods._nets import train_config
+from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.per_jet import JetTaggerPair, check_parts
+from lhcad.models.dcor import distance_correlation
+from lhcad.models.training import History, TrainConfig, fit, predict, seeded
+from lhcad.models.vae import SCORES, VAE, cyclic_ramp, linear_ramp, vae_score, vae_terms
+
+__all__ = ["DisCoVAE", "OutlierExposureVAE", "VAETagger", "VariationalAutoEncoder", "plane"]
+
+LossFn = Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
+
+
+@dataclass
+class VAETagger:
+    """A trained VAE with its input scaling: ``tagger(x)`` -> one anomaly score per row."""
+
+    model: VAE
+    scaler: Scaler
+    score: str
+    history: History
+    device: str = "cpu"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        kind = self.score
+        return predict(self.model, torch.from_numpy(self.scaler(x)), device=self.device, fn=lambda m, xb: vae_score(m, xb, kind))
+
+    @property
+    def val_loss(self) -> float:
+        return float(min(self.history.val_loss)) if self.history.val_loss else float("nan")
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "scaler": self.scaler.state(), "score": self.score}
+
+
+class _Steps:
+    """Counts optimiser steps (loss calls in training mode) for annealing inside a loss closure."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def tick(self, model: torch.nn.Module) -> int | None:
+        """The step number in training mode (then count it), None in eval mode (full weight)."""
+        if not model.training:
+            return None
+        self.n += 1
+        return self.n - 1
+
+
+def steps_per_epoch(n_rows: int, config: TrainConfig) -> int:
+    """Optimiser steps per epoch of :func:`lhcad.models.training.fit` on ``n_rows`` rows."""
+    n_val = int(round(config.val_fraction * n_rows))
+    n_train = n_rows - n_val if n_val >= 2 and n_rows - n_val >= 1 else n_rows
+    return max(1, math.ceil(n_train / config.batch_size))
+
+
+class VariationalAutoEncoder:
+    """Per-jet beta-VAEs (unsupervised): jet score ``nll``, ``mse`` or ``kl``; event score from both jets."""
+
+    name = "vae"
+    samples: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        inputs: InputRepresentation,
+        parts: Mapping[str, float] | None = None,
+        dense: Mapping[str, Any] | None = None,
+        conv: Mapping[str, Any] | None = None,
+        beta: float = 0.1,
+        score: str = "nll",
+        train: Mapping[str, Any] | None = None,
+    ) -> None:
+        if score not in SCORES:
+            raise ValueError(f"unknown VAE score {score!r}; choose one of {SCORES}")
+        self.inputs = inputs
+        self.parts = dict(parts or {"train": 1.0})
+        self.dense = dict(dense or {"hidden": [256, 128, 64], "latent": 10})
+        self.conv = dict(conv or {"latent": 10})
+        self.beta = float(beta)
+        self.score_kind = score
+        self.train = train_config(train)
+        self.pair: JetTaggerPair | None = None
+
+    # --------------------------------------------------------------------------- hooks of the variants
+
+    def _prepare(self, events: Events, ctx: FitContext) -> None:
+        """Called once before training (e.g. to draw outliers)."""
+
+    def _tensors(self, events: Events, j: int, scaler: Scaler) -> tuple[np.ndarray, ...]:
+        """Training tensors of jet ``j``, sliced together into batches; the first is the scaled input."""
+        return (scaler(self.inputs.jet(events, j)),)
+
+    def _loss(self, n_rows: int) -> LossFn:
+        """``loss_fn(model, batch)`` of :func:`~lhcad.models.training.fit` (a fresh one per model)."""
+        beta = self.beta
+
+        def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            mse, kl = vae_terms(model, batch[0])
+            return (mse + beta * kl).mean()
+
+        return loss
+
+    # --------------------------------------------------------------------------- method interface
+
+    def _build(self, shape: tuple[int, ...], seed: int) -> VAE:
+        with seeded(seed):
+            if len(shape) == 1:
+                return VAE.dense(shape[0], hidden=tuple(self.dense["hidden"]), latent=int(self.dense["latent"]))
+            return VAE.conv(shape[0], shape[-1], latent=int(self.conv["latent"]))
+
+    def _train_jet(self, events: Events, j: int, ctx: FitContext) -> VAETagger:
+        x = self.inputs.jet(events, j)
+        scaler = Scaler.fit(x)
+        seed = ctx.seed * 1000 + j
+        model = self._build(tuple(x.shape[1:]), seed)
+        history = fit(
+            model, self._loss(len(x)), self._tensors(events, j, scaler), config=self.train, seed=seed,
+            device=ctx.device, desc=f"{self.name} jet {j}", progress=ctx.progress,
+        )
+        return VAETagger(model, scaler, self.score_kind, history, ctx.device)
+
+    def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None:
+        check_parts(splits, ["train"], self.name)
+        events = splits["train"]
+        self._prepare(events, ctx)
+        taggers = [self._train_jet(events, j, ctx) for j in (1, 2)]
+        self.pair = JetTaggerPair(self.inputs, *taggers)
+        self.pair.calibrate(events)
+        ctx.log_metrics({f"{self.name}/val_loss_jet{j}": t.val_loss for j, t in zip((1, 2), taggers)}, None)
+
+    def score(self, events: Events) -> Scores:
+        return self._fitted().score(events)
+
+    def jet_scores(self, events: Events) -> tuple[np.ndarray, np.ndarray]:
+        return self._fitted().jet_scores(events)
+
+    def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
+        """Jet-mass sculpting at background efficiency 5% (paper 004, eq. 14)."""
+        return jet_mass_metrics(test, test_scores, signal, signal_scores)
+
+    @property
+    def val_loss(self) -> float:
+        """Mean best validation loss of the two jets (the method's own training objective)."""
+        return self._fitted().val_loss
+
+    def state(self) -> dict[str, Any]:
+        return self._fitted().state()
+
+    def _fitted(self) -> JetTaggerPair:
+        if self.pair is None:
+            raise RuntimeError(f"fit() the {self.name} models before scoring")
+        return self.pair
+
+
+class DisCoVAE(VariationalAutoEncoder):
+    """beta-VAE + ``kappa * dCor(m_jet, per-jet VAE loss)`` over each batch (paper 004, eqs. 7-10)."""
+
+    name = "disco_vae"
+
+    def __init__(self, *args: Any, kappa: float = 100.0, anneal_epochs: float = 5.0, squared: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kappa = float(kappa)
+        self.anneal_epochs = float(anneal_epochs)
+        self.squared = bool(squared)
+
+    def _tensors(self, events: Events, j: int, scaler: Scaler) -> tuple[np.ndarray, ...]:
+        # a writable copy: Events columns are read-only and torch warns on them
+        return (*super()._tensors(events, j, scaler), np.array(events[f"j{j}_m"], np.float32))
+
+    def _loss(self, n_rows: int) -> LossFn:
+        beta, kappa, squared = self.beta, self.kappa, self.squared
+        ramp = int(round(self.anneal_epochs * steps_per_epoch(n_rows, self.train)))
+        steps = _Steps()
+
+        def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            x, mass = batch
+            mse, kl = vae_terms(model, x)
+            per_jet = mse + beta * kl
+            step = steps.tick(model)
+            weight = kappa * (1.0 if step is None else linear_ramp(step, ramp))
+            return per_jet.mean() + weight * distance_correlation(mass, per_jet, squared=squared)
+
+        return loss
+
+
+def plane(target: np.ndarray, values: np.ndarray, n: int, rng: np.random.Generator, bins: int = 40) -> np.ndarray:
+    """Indices into ``values`` (``n``, drawn with replacement) whose histogram follows ``target``'s.
+
+    Each value is drawn with probability proportional to ``p_target(bin) / p_values(bin)`` over
+    ``bins`` quantile bins of ``target``; values outside the target's range are never drawn.
+    """
+    target, values = np.asarray(target, np.float64), np.asarray(values, np.float64)
+    edges = np.unique(np.quantile(target, np.linspace(0, 1, bins + 1)))
+    h_target, _ = np.histogram(target, edges)
+    h_values, _ = np.histogram(values, edges)
+    which = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+    inside = (values >= edges[0]) & (values <= edges[-1])
+    ratio = np.divide(h_target, h_values, out=np.zeros(len(h_target)), where=h_values > 0)
+    weights = np.where(inside, ratio[which], 0.0)
+    if weights.sum() <= 0:
+        raise ValueError("planing impossible: no outlier lies in the range of the background's jet masses")
+    return rng.choice(len(values), size=n, replace=True, p=weights / weights.sum())
+
+
+class OutlierExposureVAE(VariationalAutoEncoder):
+    """beta-VAE with Outlier Exposure (paper 004, section V): ``form`` "mse" (eq. 12) or "kl" (eq. 13)."""
+
+    name = "oe_vae"
+    samples: tuple[str, ...] = ("outliers",)
+
+    def __init__(
+        self,
+        *args: Any,
+        form: str = "mse",
+        lam: float | None = None,
+        margin: float = 1.0,
+        cycle_epochs: float = 4.0,
+        ramp_fraction: float = 0.5,
+        plane_bins: int = 40,
+        **kwargs: Any,
+    ) -> None:
+        if form not in ("mse", "kl"):
+            raise ValueError(f"oe_vae form must be 'mse' or 'kl', got {form!r}")
+        kwargs.setdefault("score", form)
+        super().__init__(*args, **kwargs)
+        self.form = form
+        self.lam = float(lam if lam is not None else (500.0 if form == "mse" else 2.0))
+        self.margin = float(margin)
+        self.cycle_epochs = float(cycle_epochs)
+        self.ramp_fraction = float(ramp_fraction)
+        self.plane_bins = int(plane_bins)
+        self.outliers: dict[int, Events] = {}
+
+    def _prepare(self, events: Events, ctx: FitContext) -> None:
+        if "outliers" not in ctx.samples:
+            raise KeyError("oe_vae needs the 'outliers' sample (FitContext.samples)")
+        outliers = ctx.samples["outliers"]
+        rng = np.random.default_rng(ctx.seed)
+        self.outliers = {
+            j: outliers.take(plane(events[f"j{j}_m"], outliers[f"j{j}_m"], len(events), rng, self.plane_bins))
+            for j in (1, 2)
+        }
+
+    def _tensors(self, events: Events, j: int, scaler: Scaler) -> tuple[np.ndarray, ...]:
+        return (*super()._tensors(events, j, scaler), scaler(self.inputs.jet(self.outliers[j], j)))
+
+    def _loss(self, n_rows: int) -> LossFn:
+        beta, lam, margin, form = self.beta, self.lam, self.margin, self.form
+        cycle = int(round(self.cycle_epochs * steps_per_epoch(n_rows, self.train)))
+        ramp_fraction = self.ramp_fraction
+        steps = _Steps()
+
+        def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            x, x_out = batch
+            mse, kl = vae_terms(model, x)
+            mse_out, kl_out = vae_terms(model, x_out)
+            if form == "mse":  # eq. 12, L_OE-VAE = L - lambda * L_OE
+                oe = -torch.sigmoid(mse_out - mse)
+            else:  # eq. 13: -min(0, KL_out - KL_in - margin)
+                oe = torch.relu(margin - (kl_out - kl))
+            step = steps.tick(model)
+            weight = lam * (1.0 if step is None else cyclic_ramp(step, cycle, ramp_fraction))
+            return (mse + beta * kl).mean() + weight * oe.mean()
+
+        return loss

@@ -1,0 +1,253 @@
+"""Generative per-jet taggers (paper 004: vae, disco_vae, oe_vae) and the adversarial AE (paper 002)."""
+
+from __future__ import annotations
+
+import dcor
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from lhcad.cli._paths import CONF_DIR
+from lhcad.config import build, register_resolvers
+from lhcad.data.dataset import load_dataset
+from lhcad.data.events import Events
+from lhcad.evaluate.jet_mass import jet_mass_metrics, jet_mass_sculpting, nuisance_aucs
+from lhcad.evaluate.metrics import auc
+from lhcad.evaluate.sculpting import jsd
+from lhcad.inputs import JetFeatures
+from lhcad.methods.adv_ae import AdversarialAutoEncoder, mass_bin_classes
+from lhcad.methods.ae import AutoEncoder
+from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.registry import available_methods, build_method
+from lhcad.methods.vae import DisCoVAE, OutlierExposureVAE, VariationalAutoEncoder, plane
+from lhcad.models.dcor import distance_correlation
+from lhcad.models.vae import VAE, cyclic_ramp, linear_ramp, vae_score, vae_terms
+from train_helpers import all_runs, run_train
+
+FEATURES = JetFeatures(["m", "sqrt_tau21", "tau21", "tau32", "tau43", "nconst"])
+METHODS = ["vae", "disco_vae", "oe_vae", "adv_ae"]
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+@pytest.mark.parametrize("n", [2, 17, 300])
+def test_distance_correlation_matches_dcor(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n)
+    y = x**2 + rng.normal(size=n)
+    got = distance_correlation(torch.tensor(x), torch.tensor(y))
+    assert float(got) == pytest.approx(dcor.distance_correlation(x, y), rel=1e-9, abs=1e-6)
+    got2 = distance_correlation(torch.tensor(x), torch.tensor(y), squared=True)
+    assert float(got2) == pytest.approx(dcor.distance_correlation_sqr(x, y), rel=1e-9, abs=1e-9)
+
+
+def test_distance_correlation_is_batched_and_differentiable():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(4, 50)), rng.normal(size=(4, 50))
+    y[0] = np.exp(x[0])
+    batched = distance_correlation(torch.tensor(x), torch.tensor(y))
+    assert batched.shape == (4,)
+    for i in range(4):
+        assert float(batched[i]) == pytest.approx(dcor.distance_correlation(x[i], y[i]), rel=1e-9)
+    assert float(batched[0]) > 0.9
+    xt = torch.tensor(x[1, :12], requires_grad=True)
+    yt = torch.tensor(y[1, :12], requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: distance_correlation(a, b), (xt, yt))
+    with pytest.raises(ValueError, match="equal size"):
+        distance_correlation(torch.zeros(3), torch.zeros(4))
+
+
+def test_vae_terms_scores_and_shapes():
+    x = torch.randn(7, 6)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = VAE.dense(6, latent=3).eval()
+    mse, kl = vae_terms(model, x)
+    assert mse.shape == kl.shape == (7,) and bool((kl >= 0).all())
+    assert torch.allclose(vae_score(model, x, "nll"), mse + kl)
+    assert torch.equal(vae_score(model, x, "mse"), vae_score(model, x, "mse"))  # eval: z = mu
+    with pytest.raises(ValueError, match="unknown VAE score"):
+        vae_score(model, x, "elbo")
+    conv = VAE.conv(1, 16, latent=4, channels=(4, 4))
+    assert vae_terms(conv, torch.randn(3, 16, 16))[0].shape == (3,)
+
+
+def test_annealing_schedules():
+    assert [linear_ramp(s, 4) for s in (0, 2, 4, 9)] == [0.0, 0.5, 1.0, 1.0]
+    assert linear_ramp(0, 0) == 1.0
+    assert [cyclic_ramp(s, 8, 0.5) for s in (0, 2, 4, 7, 8, 10)] == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5]
+
+
+def test_plane_matches_the_target_distribution():
+    rng = np.random.default_rng(0)
+    target, values = rng.exponential(100.0, 20000), rng.uniform(0.0, 800.0, 5000)
+    idx = plane(target, values, 20000, rng)
+    assert jsd(target, values[idx], range=(0, 800)) < 0.01 < jsd(target, values, range=(0, 800))
+    with pytest.raises(ValueError, match="planing impossible"):
+        plane(target, np.full(10, -5.0), 3, rng)
+
+
+def test_jet_mass_sculpting_and_nuisance_aucs():
+    rng = np.random.default_rng(0)
+    mass = rng.exponential(100.0, 20000)
+    sculpting, _ = jet_mass_sculpting(mass, mass, np.array([]))
+    random, eff_s = jet_mass_sculpting(mass, rng.normal(size=mass.size), rng.normal(size=1000) + 10)
+    assert sculpting > 0.5 > 0.05 > random and eff_s == 1.0
+
+    def events(n, m, label):
+        cols = {f"j{j}_{f}": np.full(n, v, np.float32) for j in (1, 2) for f, v in (("pt", 1500.0), ("eta", 0.0))}
+        cols |= {"j1_phi": np.zeros(n, np.float32), "j2_phi": np.full(n, np.pi, np.float32)}
+        cols |= {"j1_m": m.astype(np.float32), "j2_m": (m / 2).astype(np.float32), "mjj": np.full(n, 3000.0, np.float32)}
+        return Events(cols | {"label": np.full(n, label, np.int8)})
+
+    test, signal = events(2000, rng.exponential(100.0, 2000), 0), events(500, rng.normal(150, 30, 500), 1)
+
+    def score(ev):  # closeness to a fixed mass: JES-sensitive
+        s1 = -np.abs(np.asarray(ev["j1_m"], np.float64) - 150.0)
+        return Scores(event=s1, jet1=s1, jet2=-np.abs(np.asarray(ev["j2_m"], np.float64) - 75.0))
+
+    nuisance = nuisance_aucs(score, test, signal)
+    assert set(nuisance) == {f"auc_nuisance/{c}" for c in ("up", "nominal", "down", "spread")}
+    assert nuisance["auc_nuisance/spread"] > 0.01
+    metrics = jet_mass_metrics(test, score(test), signal, score(signal))
+    assert set(metrics) == {"jsd_mjet/jet1", "jsd_mjet/jet2", "eff_s_at_eff_b_0.05/jet1", "eff_s_at_eff_b_0.05/jet2"}
+
+
+def test_mass_bin_classes_are_quantiles():
+    classes = mass_bin_classes(np.arange(300.0), 3)
+    assert np.bincount(classes).tolist() == [100, 100, 100]
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("override", ["method=vae", "method=disco_vae", "method=oe_vae", "method=oe_vae method.form=kl",
+                                      "method=adv_ae", "method=adv_ae method.target=mass_bins", "method=vae inputs=images"])
+def test_configs_compose_and_instantiate(override):
+    register_resolvers()
+    with initialize_config_dir(CONF_DIR):
+        cfg = compose("config", overrides=[*override.split(), "data=tiny"], return_hydra_config=True)
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(cfg)
+        built = build(cfg.method, inputs=build(cfg.inputs))
+    assert hasattr(built, "jet_scores") and hasattr(built, "extra_metrics")
+    if "form=kl" in override:
+        assert (built.form, built.lam, built.score_kind, built.samples) == ("kl", 2.0, "kl", ("outliers",))
+    assert set(METHODS) <= set(available_methods())
+
+
+def test_tnt_takes_the_generative_taggers_as_initial():
+    tnt = build_method("tnt", FEATURES, {"initial": "oe_vae", "initial_overrides": {"form": "kl"}})
+    assert tnt.samples == ("outliers",) and tnt.initial.form == "kl"
+
+
+# ---------------------------------------------------------------------------------------------- physics on the fixture
+
+
+@pytest.fixture(scope="module")
+def fixture_split(fixture_dir):
+    """Training events (qcd + ~9% signal), test events (qcd + signal), held-out signal, outliers."""
+    data = load_dataset(fixture_dir, ("qcd", "signal", "outliers"))
+    qcd, sig = data["qcd"], data["signal"]
+    train = Events.concat([qcd.take(slice(0, 5200)), sig.take(slice(0, 520))])
+    test = Events.concat([qcd.take(slice(5200, None)), sig.take(slice(520, 780))])
+    return train, test, sig.take(slice(780, None)), data["outliers"]
+
+
+def _fit(method, split, seed=0):
+    train, _, _, outliers = split
+    method.fit({"train": train}, FitContext(seed=seed, samples={"outliers": outliers}))
+    return method
+
+
+def _evaluate(method, split) -> dict[str, float]:
+    _, test, signal, _ = split
+    test_scores, signal_scores = method.score(test), method.score(signal)
+    background = test_scores.event[test.labels == 0]
+    return {"auc": auc(background, signal_scores.event)} | method.extra_metrics(test, test_scores, signal, signal_scores)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks: one torch thread is fastest and immune to other processes' load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def results(fixture_split, one_thread):
+    methods = {
+        "ae": AutoEncoder(FEATURES),
+        "vae": VariationalAutoEncoder(FEATURES),
+        "disco_vae": DisCoVAE(FEATURES),
+        "oe_vae": OutlierExposureVAE(FEATURES, form="mse"),
+        "adv_ae": AdversarialAutoEncoder(FEATURES),
+    }
+    return {name: _evaluate(_fit(m, fixture_split), fixture_split) for name, m in methods.items()}
+
+
+def test_disco_vae_sculpts_the_jet_mass_less_than_vae(results):
+    disco, vae = (np.array([results[m][f"jsd_mjet/jet{j}"] for j in (1, 2)]) for m in ("disco_vae", "vae"))
+    assert (disco < vae).all() and disco.mean() < 0.6 * vae.mean(), results
+
+
+def test_adv_ae_is_less_sensitive_to_the_jes_than_ae(results):
+    assert results["adv_ae"]["auc_nuisance/spread"] < 0.5 * results["ae"]["auc_nuisance/spread"], results
+    assert results["adv_ae"]["auc_nuisance/nominal"] > 0.5
+
+
+def test_oe_vae_separates_the_signal_better_than_vae(results):
+    assert results["oe_vae"]["auc"] > results["vae"]["auc"] + 0.05, results
+    assert results["oe_vae"]["jsd_mjet/jet1"] < results["vae"]["jsd_mjet/jet1"], results
+
+
+def test_same_seed_same_scores(fixture_split, one_thread):
+    _, test, _, _ = fixture_split
+    scores = [
+        _fit(cls(FEATURES, train={"epochs": 2}, **kw), fixture_split, seed=3).jet_scores(test)[0]
+        for cls, kw in ((OutlierExposureVAE, {"form": "kl"}), (OutlierExposureVAE, {"form": "kl"}), (DisCoVAE, {}), (DisCoVAE, {}))
+    ]
+    np.testing.assert_array_equal(scores[0], scores[1])
+    np.testing.assert_array_equal(scores[2], scores[3])
+    schedule = {"rounds": 2, "pretrain_ae_epochs": 1, "pretrain_adv_epochs": 1}
+    adv = [_fit(AdversarialAutoEncoder(FEATURES, target="mass_bins", schedule=schedule), fixture_split, 3) for _ in range(2)]
+    np.testing.assert_array_equal(adv[0].jet_scores(test)[1], adv[1].jet_scores(test)[1])
+
+
+def test_oe_vae_needs_outliers(fixture_split):
+    with pytest.raises(KeyError, match="outliers"):
+        OutlierExposureVAE(FEATURES).fit({"train": fixture_split[0]}, FitContext())
+
+
+# ---------------------------------------------------------------------------------------------- train.py
+
+
+FAST = ["data=tiny", "progress=false", "signal_frac=0.09"]
+SHORT = {"adv_ae": ["method.schedule.rounds=2"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_train_py_logs_standard_and_method_metrics(method, tmp_path):
+    extra = SHORT.get(method, ["method.train.epochs=3"])
+    run_train(tmp_path, *FAST, f"method={method}", *extra)
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert {"auc", "val_loss", "jsd_mjj/eff_0.1", "jsd_mjet/jet1", "eff_s_at_eff_b_0.05/jet2"} <= set(m)
+    if method == "adv_ae":
+        assert {"auc_nuisance/up", "auc_nuisance/nominal", "auc_nuisance/down", "auc_nuisance/spread"} <= set(m)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("initial", ["vae", "oe_vae"])
+def test_train_py_tnt_with_generative_initial_tagger(initial, tmp_path):
+    run_train(tmp_path, *FAST, "method=tnt", f"method.initial={initial}", "+method.initial_overrides.train.epochs=2",
+              "method.train.epochs=2")
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FINISHED" and "auc" in run.data.metrics
