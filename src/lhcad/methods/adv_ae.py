@@ -22,7 +22,7 @@ from lhcad.evaluate.jet_mass import jet_mass_metrics, nuisance_aucs
 from lhcad.inputs import InputRepresentation, Scaler
 from lhcad.methods._nets import JetTagger, build_autoencoder
 from lhcad.methods.base import FitContext, Scores
-from lhcad.methods.per_jet import JetTaggerPair, check_parts
+from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
 from lhcad.models.adversarial import AdversarialConfig, Adversary, train_adversarial
 from lhcad.models.training import seeded
 
@@ -47,10 +47,10 @@ def mass_bin_classes(mass: np.ndarray, n_bins: int) -> np.ndarray:
     return np.searchsorted(edges, mass, side="right").astype(np.int64)
 
 
-class AdversarialAutoEncoder:
+class AdversarialAutoEncoder(PerJetMethod):
     """Per-jet autoencoders decorrelated from a nuisance (JES class or jet-mass bin) by an adversary."""
 
-    samples: tuple[str, ...] = ()
+    name = "adv_ae"
 
     def __init__(
         self,
@@ -108,12 +108,6 @@ class AdversarialAutoEncoder:
         self.pair.calibrate(events)
         ctx.log_metrics({f"adv_ae/val_loss_jet{j}": t.val_loss for j, t in zip((1, 2), taggers)}, None)
 
-    def score(self, events: Events) -> Scores:
-        return self._fitted().score(events)
-
-    def jet_scores(self, events: Events) -> tuple[np.ndarray, np.ndarray]:
-        return self._fitted().jet_scores(events)
-
     def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
         """Jet-mass sculpting (paper 004 eq. 14) and the AUC per JES class with its spread (paper 002)."""
         return jet_mass_metrics(test, test_scores, signal, signal_scores) | nuisance_aucs(
@@ -124,11 +118,3 @@ class AdversarialAutoEncoder:
     def val_loss(self) -> float:
         """Mean held-out reconstruction loss of the two jets after the last round."""
         return float(np.mean([t.history.val_loss[-1] if t.history.val_loss else np.nan for t in self._fitted().taggers.values()]))
-
-    def state(self) -> dict[str, Any]:
-        return self._fitted().state()
-
-    def _fitted(self) -> JetTaggerPair:
-        if self.pair is None:
-            raise RuntimeError("fit() the adversarial autoencoders before scoring")
-        return self.pair

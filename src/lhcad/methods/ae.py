@@ -14,15 +14,15 @@ from lhcad.evaluate.jet_mass import jet_mass_metrics, nuisance_aucs
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import train_autoencoder, train_config
 from lhcad.methods.base import FitContext, Scores
-from lhcad.methods.per_jet import JetTaggerPair, check_parts
+from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
 
 __all__ = ["AutoEncoder"]
 
 
-class AutoEncoder:
+class AutoEncoder(PerJetMethod):
     """Per-jet autoencoders (unsupervised): jet score = reconstruction MSE, event score from both jets."""
 
-    samples: tuple[str, ...] = ()
+    name = "ae"
 
     def __init__(
         self,
@@ -53,25 +53,6 @@ class AutoEncoder:
         self.pair.calibrate(events)
         ctx.log_metrics({f"ae/val_loss_jet{j}": t.val_loss for j, t in zip((1, 2), taggers)}, None)
 
-    def score(self, events: Events) -> Scores:
-        return self._fitted().score(events)
-
-    def jet_scores(self, events: Events):
-        return self._fitted().jet_scores(events)
-
     def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
         """Jet-mass sculpting (paper 004 eq. 14) and the AUC per JES class with its spread (paper 002)."""
         return jet_mass_metrics(test, test_scores, signal, signal_scores) | nuisance_aucs(self.score, test, signal)
-
-    @property
-    def val_loss(self) -> float:
-        """Mean best validation reconstruction loss of the two jets (label-free objective)."""
-        return self._fitted().val_loss
-
-    def state(self) -> dict[str, Any]:
-        return self._fitted().state()
-
-    def _fitted(self) -> JetTaggerPair:
-        if self.pair is None:
-            raise RuntimeError("fit() the autoencoders before scoring")
-        return self.pair

@@ -12,7 +12,7 @@ from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import JetTagger
 from lhcad.methods.base import EmpiricalCDF, Scores, combine_jet_scores
 
-__all__ = ["JetTaggerPair"]
+__all__ = ["JetTaggerPair", "PerJetMethod", "check_parts"]
 
 
 class JetTaggerPair:
@@ -54,3 +54,33 @@ def check_parts(parts: Mapping[str, Events], needed: list[str], method: str) -> 
     empty = [p for p in needed if len(parts[p]) == 0]
     if empty:
         raise ValueError(f"{method}: parts {empty} are empty; use more events (n_events) or larger method.parts")
+
+
+class PerJetMethod:
+    """What every per-jet method shares once ``fit`` has set ``self.pair``: scores, loss, weights.
+
+    Subclasses set ``name`` and implement ``fit`` (which must end with ``self.pair`` calibrated).
+    """
+
+    name: str = "per-jet method"
+    samples: tuple[str, ...] = ()
+    pair: JetTaggerPair | None = None
+
+    def score(self, events: Events) -> Scores:
+        return self._fitted().score(events)
+
+    def jet_scores(self, events: Events) -> tuple[np.ndarray, np.ndarray]:
+        return self._fitted().jet_scores(events)
+
+    @property
+    def val_loss(self) -> float:
+        """Mean best validation loss of the two jets' models (the method's own, label-free objective)."""
+        return self._fitted().val_loss
+
+    def state(self) -> dict[str, Any]:
+        return self._fitted().state()
+
+    def _fitted(self) -> JetTaggerPair:
+        if self.pair is None:
+            raise RuntimeError(f"fit() {self.name} before scoring")
+        return self.pair

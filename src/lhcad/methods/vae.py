@@ -29,7 +29,7 @@ from lhcad.evaluate.jet_mass import jet_mass_metrics
 from lhcad.inputs import InputRepresentation, Scaler
 from lhcad.methods._nets import train_config
 from lhcad.methods.base import FitContext, Scores
-from lhcad.methods.per_jet import JetTaggerPair, check_parts
+from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
 from lhcad.models.dcor import distance_correlation
 from lhcad.models.training import History, TrainConfig, fit, predict, seeded
 from lhcad.models.vae import SCORES, VAE, cyclic_ramp, linear_ramp, vae_score, vae_terms
@@ -82,7 +82,7 @@ def steps_per_epoch(n_rows: int, config: TrainConfig) -> int:
     return max(1, math.ceil(n_train / config.batch_size))
 
 
-class VariationalAutoEncoder:
+class VariationalAutoEncoder(PerJetMethod):
     """Per-jet beta-VAEs (unsupervised): jet score ``nll``, ``mse`` or ``kl``; event score from both jets."""
 
     name = "vae"
@@ -156,28 +156,10 @@ class VariationalAutoEncoder:
         self.pair.calibrate(events)
         ctx.log_metrics({f"{self.name}/val_loss_jet{j}": t.val_loss for j, t in zip((1, 2), taggers)}, None)
 
-    def score(self, events: Events) -> Scores:
-        return self._fitted().score(events)
-
-    def jet_scores(self, events: Events) -> tuple[np.ndarray, np.ndarray]:
-        return self._fitted().jet_scores(events)
-
     def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
         """Jet-mass sculpting at background efficiency 5% (paper 004, eq. 14)."""
         return jet_mass_metrics(test, test_scores, signal, signal_scores)
 
-    @property
-    def val_loss(self) -> float:
-        """Mean best validation loss of the two jets (the method's own training objective)."""
-        return self._fitted().val_loss
-
-    def state(self) -> dict[str, Any]:
-        return self._fitted().state()
-
-    def _fitted(self) -> JetTaggerPair:
-        if self.pair is None:
-            raise RuntimeError(f"fit() the {self.name} models before scoring")
-        return self.pair
 
 
 class DisCoVAE(VariationalAutoEncoder):
