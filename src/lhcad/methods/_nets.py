@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ from lhcad.models.training import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 __all__ = [
     "JetTagger",
     "balanced_weights",
@@ -33,20 +35,27 @@ __all__ = [
     "build_classifier",
     "train_autoencoder",
     "train_classifier",
+    "settings_from_mapping",
     "train_config",
 ]
+
+
+def settings_from_mapping(cls: type[T], cfg: Mapping[str, Any] | None, what: str) -> T:
+    """Dataclass ``cls`` from a config mapping; unknown keys are an error naming the known ones."""
+    cfg = dict(cfg or {})
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**cfg)
 
 
 def train_config(cfg: Mapping[str, Any] | None) -> TrainConfig:
     """A :class:`TrainConfig` from a config mapping (unknown keys are an error)."""
     cfg = dict(cfg or {})
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
     if "betas" in cfg:
         cfg["betas"] = tuple(float(b) for b in cfg["betas"])
-    return TrainConfig(**cfg)
+    return settings_from_mapping(TrainConfig, cfg, "training")
 
 
 def _seeded(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:

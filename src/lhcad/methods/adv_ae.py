@@ -10,7 +10,6 @@ decorrelation). Score and event combination as for ``ae``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from lhcad.data.events import Events
 from lhcad.data.transforms import DEFAULT_JES_SHIFT, NUISANCE_COLUMN, jes_variations
 from lhcad.evaluate.jet_mass import jet_mass_metrics, nuisance_aucs
 from lhcad.inputs import InputRepresentation, Scaler
-from lhcad.methods._nets import JetTagger, build_autoencoder
+from lhcad.methods._nets import JetTagger, build_autoencoder, settings_from_mapping
 from lhcad.methods.base import FitContext, Scores
 from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
 from lhcad.models.adversarial import AdversarialConfig, Adversary, train_adversarial
@@ -33,12 +32,7 @@ TARGETS = ("jes", "mass_bins")
 
 def adversarial_config(cfg: Mapping[str, Any] | None) -> AdversarialConfig:
     """An :class:`AdversarialConfig` from a mapping (unknown keys are an error)."""
-    cfg = dict(cfg or {})
-    known = {f.name for f in fields(AdversarialConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"unknown adversarial training setting(s) {unknown}; known: {sorted(known)}")
-    return AdversarialConfig(**cfg)
+    return settings_from_mapping(AdversarialConfig, cfg, "adversarial training")
 
 
 def mass_bin_classes(mass: np.ndarray, n_bins: int) -> np.ndarray:
@@ -75,7 +69,6 @@ class AdversarialAutoEncoder(PerJetMethod):
         self.mass_bins = int(mass_bins)
         self.adversary = dict(adversary or {"hidden": [20, 20]})
         self.schedule = adversarial_config(schedule)
-        self.pair: JetTaggerPair | None = None
 
     def _training_set(self, events: Events, seed: int) -> tuple[Events, dict[int, np.ndarray]]:
         """The events the autoencoders see and each jet's adversary classes."""

@@ -37,7 +37,6 @@ class AutoEncoder(PerJetMethod):
         self.dense = dict(dense or {"hidden": [32, 16], "latent": 1})
         self.conv = dict(conv or {"latent": 16})
         self.train = train_config(train)
-        self.pair: JetTaggerPair | None = None
 
     def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None:
         check_parts(splits, ["train"], "ae")

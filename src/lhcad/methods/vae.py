@@ -107,7 +107,6 @@ class VariationalAutoEncoder(PerJetMethod):
         self.beta = float(beta)
         self.score_kind = score
         self.train = train_config(train)
-        self.pair: JetTaggerPair | None = None
 
     # --------------------------------------------------------------------------- hooks of the variants
 
