@@ -36,6 +36,9 @@ def validate(cfg: DictConfig) -> None:
     n = cfg.get("n_events")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"n_events must be a positive integer or null (all the background), got {n!r}")
+    reserve = cfg.get("background_reserve", 0.0)
+    if reserve is not None and not (isinstance(reserve, (int, float)) and not isinstance(reserve, bool) and 0 <= reserve < 1):
+        raise ConfigError(f"background_reserve must be a fraction in [0, 1), got {reserve!r}")
     holdout = dict(cfg.holdout)
     if "test" not in holdout or not 0 < float(holdout["test"]) < 1:
         raise ConfigError(f"holdout.test must be a fraction in (0, 1), got {holdout.get('test')!r}")

@@ -5,6 +5,8 @@ An input representation turns :class:`~lhcad.data.Events` into float32 arrays:
 * ``jet(events, j)``: one row per event for jet ``j`` (1 = heavier, 2 = lighter),
 * ``event(events)``: both jets together (features concatenated, images as two channels),
 
+or, for event-level representations such as :class:`DijetFeatures`, only ``event(events)``,
+
 and says which stored columns it reads (``columns``). Arrays are checked for NaN/inf with an
 error that names the offending input. Scaling is learned on training data with :class:`Scaler`.
 """
@@ -18,7 +20,7 @@ import numpy as np
 
 from lhcad.data.events import jet_features
 
-__all__ = ["InputRepresentation", "JetFeatures", "JetImages", "Scaler"]
+__all__ = ["DijetFeatures", "InputRepresentation", "JetFeatures", "JetImages", "Scaler"]
 
 _DERIVED_NEEDS = {  # stored fields behind each derived feature of lhcad.data.events.DERIVED_JET_FEATURES
     "tau21": ("tau1", "tau2"),
@@ -144,6 +146,99 @@ class JetImages(InputRepresentation):
 
     def event(self, events: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.concatenate([self.jet(events, 1), self.jet(events, 2)], axis=1)
+
+
+_GEV_PER_TEV = 1000.0
+_ENERGY_FIELDS = ("m", "pt")  # per-jet fields quoted in TeV by DijetFeatures
+
+
+def _jet_masses(events: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    m1 = np.asarray(events["j1_m"], np.float64)
+    m2 = np.asarray(events["j2_m"], np.float64)
+    return np.minimum(m1, m2), np.maximum(m1, m2)
+
+
+_DIJET_FEATURES = {  # name -> (stored columns read, function of the events); masses in TeV
+    "mj_lighter": (("j1_m", "j2_m"), lambda ev: _jet_masses(ev)[0] / _GEV_PER_TEV),
+    "mj_heavier": (("j1_m", "j2_m"), lambda ev: _jet_masses(ev)[1] / _GEV_PER_TEV),
+    "mj_diff": (("j1_m", "j2_m"), lambda ev: np.subtract(*_jet_masses(ev)[::-1]) / _GEV_PER_TEV),
+    "mjj": (("mjj",), lambda ev: np.asarray(ev["mjj"], np.float64) / _GEV_PER_TEV),
+}
+
+
+class DijetFeatures(InputRepresentation):
+    """Event-level features of the dijet system, the inputs of paper 003's classifiers.
+
+    Names are ``mj_lighter``, ``mj_heavier``, ``mj_diff`` (heavier minus lighter jet mass), ``mjj``,
+    and ``<jet feature>_j1`` / ``<jet feature>_j2`` for any per-jet feature of
+    :class:`JetFeatures` (e.g. ``tau21_j1``; jet 1 is the heavier jet). Masses and momenta are in
+    TeV, as in the paper's code. The default is paper 003's list
+    ``[mj_lighter, mj_diff, tau21_j1, tau21_j2]``.
+    """
+
+    kind = "dense"
+    DEFAULT = ("mj_lighter", "mj_diff", "tau21_j1", "tau21_j2")
+
+    def __init__(self, names: Sequence[str] = DEFAULT) -> None:
+        if isinstance(names, str):
+            raise TypeError(f"names must be a sequence of feature names, got the string {names!r}")
+        names = list(names)
+        if not names:
+            raise ValueError("DijetFeatures needs at least one feature name")
+        for name in names:
+            self._parse(name)  # fail at construction on an unknown name
+        self.names = names
+
+    def __repr__(self) -> str:
+        return f"DijetFeatures({self.names})"
+
+    @staticmethod
+    def _parse(name: str) -> tuple[str, int] | None:
+        """``None`` for a dijet feature, ``(jet feature, jet)`` for ``<feature>_j<jet>``."""
+        if name in _DIJET_FEATURES:
+            return None
+        base, _, jet = name.rpartition("_j")
+        if base and jet in ("1", "2"):
+            return base, int(jet)
+        raise ValueError(
+            f"unknown dijet feature {name!r}; use one of {sorted(_DIJET_FEATURES)} or "
+            "'<jet feature>_j1' / '<jet feature>_j2' (e.g. tau21_j1)"
+        )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        out: dict[str, None] = {}
+        for name in self.names:
+            parsed = self._parse(name)
+            if parsed is None:
+                out |= dict.fromkeys(_DIJET_FEATURES[name][0])
+            else:
+                base, j = parsed
+                out |= dict.fromkeys(f"j{j}_{f}" for f in _DERIVED_NEEDS.get(base, (base,)))
+        return tuple(out)
+
+    @property
+    def jet_shape(self) -> tuple[int, ...]:
+        raise TypeError("DijetFeatures describe whole events; per-jet methods need inputs=features or images")
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return (len(self.names),)
+
+    def jet(self, events: Mapping[str, np.ndarray], j: int) -> np.ndarray:
+        raise TypeError("DijetFeatures describe whole events; per-jet methods need inputs=features or images")
+
+    def event(self, events: Mapping[str, np.ndarray]) -> np.ndarray:
+        out = np.empty((len(events), len(self.names)), dtype=np.float32)
+        for i, name in enumerate(self.names):
+            parsed = self._parse(name)
+            if parsed is None:
+                out[:, i] = _DIJET_FEATURES[name][1](events)
+            else:
+                base, j = parsed
+                values = jet_features(events, j, [base])[:, 0]
+                out[:, i] = values / _GEV_PER_TEV if base in _ENERGY_FIELDS else values
+        return _check_finite(out, "event inputs", self.names)
 
 
 @dataclass

@@ -19,15 +19,16 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from lhcad.config import ConfigError, build, dataset_root, split_spec, validate
-from lhcad.data.dataset import inject_signal, load_dataset, split
+from lhcad.data.dataset import draw_sample, load_dataset, split
 from lhcad.data.events import Events
 from lhcad.data.storage import DatasetError, load_manifest
+from lhcad.data.transforms import correlate_mass
 from lhcad.evaluate import EvaluationConfig, auc, evaluate
-from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.base import SPARE_BACKGROUND, FitContext, Scores
 
 log = logging.getLogger("lhcad")
 
-__all__ = ["RunResult", "prepare_dataset", "run"]
+__all__ = ["Outcome", "RunResult", "apply_transforms", "prepare_dataset", "run", "train_and_evaluate"]
 
 
 @dataclass
@@ -143,15 +144,35 @@ def _val_auc(scores: Scores, labels: np.ndarray) -> float:
 
 def _draw(
     cfg: DictConfig, data: Mapping[str, Events], parts_spec: Mapping[str, float], rng: np.random.Generator
-) -> tuple[dict[str, Events], Events, Events | None, Events]:
-    """Inject signal and split: (method parts, test, val or None, signal never injected)."""
+) -> tuple[dict[str, Events], Events, Events | None, Events, Events]:
+    """Inject signal and split: (method parts, test, val or None, signal never injected, background never drawn).
+
+    ``background_reserve`` > 0 first sets that fraction of the background aside (never drawn);
+    it joins the background the draw leaves over in the last element.
+    """
+    reserve_frac = float(cfg.get("background_reserve", 0.0) or 0.0)
     try:
-        sample, unused_signal = inject_signal(data["qcd"], data["signal"], float(cfg.signal_frac), cfg.n_events, rng)
-        parts = split(sample, split_spec(dict(cfg.holdout), parts_spec), rng)
+        background, reserve = data["qcd"], None
+        if reserve_frac > 0:
+            pools = split(background, {"pool": 1.0 - reserve_frac, "reserve": reserve_frac}, rng)
+            background, reserve = pools["pool"], pools["reserve"]
+        draw = draw_sample(background, data["signal"], float(cfg.signal_frac), cfg.n_events, rng)
+        parts = split(draw.sample, split_spec(dict(cfg.holdout), parts_spec), rng)
     except ValueError as err:  # not enough events for this signal_frac / n_events / parts
         raise ConfigError(str(err)) from None
     test, val = parts.pop("test"), parts.pop("val", None)
-    return parts, test, val, unused_signal
+    spare = draw.unused_background if reserve is None else Events.concat([reserve, draw.unused_background])
+    return parts, test, val, draw.unused_signal, spare
+
+
+def apply_transforms(data: Mapping[str, Events], transform: Mapping[str, Any] | None) -> dict[str, Events]:
+    """The configured event transforms applied to every sample (``transform.alpha``: paper 003's
+    m_j -> m_j + alpha * m_jj correlation test; 0 leaves the events unchanged)."""
+    alpha = float((transform or {}).get("alpha", 0.0) or 0.0)
+    try:
+        return {name: correlate_mass(events, alpha) for name, events in data.items()}
+    except ValueError as err:
+        raise ConfigError(f"transform.alpha: {err}") from None
 
 
 def _log_artifacts(tracker: Any, evaluation: Any, test: Events, test_scores: Scores, signal_scores: Scores) -> None:
@@ -165,18 +186,103 @@ def _log_artifacts(tracker: Any, evaluation: Any, test: Events, test_scores: Sco
     tracker.log_arrays(evaluation.curves, "curves.npz")
 
 
+@dataclass
+class Outcome:
+    """Everything one trained and evaluated method leaves behind (before it is logged)."""
+
+    method: Any
+    metrics: dict[str, float]
+    stage_metrics: list[dict[str, float]]
+    evaluation: Any
+    test: Events
+    test_scores: Scores
+    signal_scores: Scores
+
+
+def _no_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    return None
+
+
+def train_and_evaluate(
+    cfg: DictConfig,
+    *,
+    log_metrics: Any = _no_metrics,
+    set_tags: Any = lambda tags: None,
+    run_name: str | None = None,
+) -> Outcome:
+    """The run without its bookkeeping: data, transforms, draw, ``method.fit``, scores, evaluation.
+
+    ``log_metrics(metrics, step)`` and ``set_tags(tags)`` receive what the method and the pipeline
+    report on the way (MLflow in :func:`run`); the returned metrics are the run's final ones.
+    Usable from scripts and notebooks without an MLflow store.
+    """
+    validate(cfg)
+    t_start = time.perf_counter()
+    name = _method_name(cfg)
+    run_name = run_name or f"{name}-f{cfg.signal_frac:g}-s{cfg.seed}"
+    device = _resolve_device(str(cfg.device))
+    inputs = build(cfg.inputs)
+    method = build(cfg.method, inputs=inputs)
+    extra = tuple(getattr(method, "samples", ()))
+    samples = ("qcd", "signal", *(s for s in extra if s != SPARE_BACKGROUND))
+    needs_images = getattr(inputs, "kind", "") == "image"
+    root = prepare_dataset(cfg.data, samples, images=needs_images, progress=bool(cfg.progress))
+    data = apply_transforms(load_dataset(root, samples), cfg.get("transform"))
+    set_tags({"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device})
+
+    rng = np.random.default_rng(int(cfg.seed))
+    parts, test, val, unused_signal, spare = _draw(cfg, data, method.parts, rng)
+    if SPARE_BACKGROUND in extra and len(spare) == 0:
+        raise ConfigError(
+            f"{name} trains against background events kept out of the run's sample, but all "
+            f"{len(data['qcd'])} are drawn: set background_reserve (e.g. background_reserve=0.3) or a lower n_events"
+        )
+    log_metrics({f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()}, None)
+    log_metrics({"n_signal_heldout": float(len(unused_signal))}, None)
+    log.info(
+        "%s: parts %s, test %d (%d signal), held-out signal %d, device %s",
+        run_name, {k: len(v) for k, v in parts.items()}, len(test), int(test.labels.sum()), len(unused_signal), device,
+    )
+
+    ctx = FitContext(
+        device=device, rng=rng, seed=int(cfg.seed),
+        samples={s: data[s] for s in samples[2:]} | ({SPARE_BACKGROUND: spare} if SPARE_BACKGROUND in extra else {}),
+        log_metrics=log_metrics, progress=bool(cfg.progress), config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    t_fit = time.perf_counter()
+    method.fit(parts, ctx)
+    fit_seconds = time.perf_counter() - t_fit
+
+    test_scores = method.score(test)
+    signal_scores = method.score(unused_signal)
+    statistics = [build(s) for s in cfg.search.get("statistics", [])]
+    evaluation = evaluate(test, test_scores, unused_signal, signal_scores, _eval_config(cfg.selection), statistics)
+    metrics = dict(evaluation.metrics)
+    if hasattr(method, "extra_metrics"):  # method-specific metrics (e.g. nuisance-class AUCs)
+        metrics |= method.extra_metrics(test, test_scores, unused_signal, signal_scores)
+    metrics["val_loss"] = float(getattr(method, "val_loss", float("nan")))
+    if val is not None and len(val):
+        metrics["val_auc"] = _val_auc(method.score(val), val.labels)
+    metrics["time/fit_s"] = fit_seconds
+    metrics["time/total_s"] = time.perf_counter() - t_start
+    stages = _stage_metrics(method, test, unused_signal)
+    return Outcome(method, metrics, stages, evaluation, test, test_scores, signal_scores)
+
+
 def run(cfg: DictConfig) -> RunResult:
     """Train and evaluate one method as configured; log everything to MLflow."""
     from lhcad.tracking import RunTracker, ensure_store, git_commit, parent_run_id_for_job, ui_command
 
     validate(cfg)
-    t_start = time.perf_counter()
     name = _method_name(cfg)
     run_name = cfg.tracking.get("run_name") or f"{name}-f{cfg.signal_frac:g}-s{cfg.seed}"
     mlruns = Path(str(cfg.tracking.mlruns_dir))
     ensure_store(mlruns, str(cfg.tracking.experiment))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {"method": name, "signal_frac": f"{cfg.signal_frac:g}", "seed": str(cfg.seed), "data": str(cfg.data.name)}
+    alpha = float(cfg.get("transform", {}).get("alpha", 0.0) or 0.0)
+    if alpha:
+        tags["alpha"] = f"{alpha:g}"
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
@@ -184,62 +290,24 @@ def run(cfg: DictConfig) -> RunResult:
     with RunTracker(mlruns, str(cfg.tracking.experiment), run_name, parent_run_id=parent_run_id_for_job(), tags=tags) as tracker:
         tracker.log_params(resolved)
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-
-        device = _resolve_device(str(cfg.device))
-        inputs = build(cfg.inputs)
-        method = build(cfg.method, inputs=inputs)
-        samples = ("qcd", "signal", *tuple(getattr(method, "samples", ())))
-        needs_images = getattr(inputs, "kind", "") == "image"
-        root = prepare_dataset(cfg.data, samples, images=needs_images, progress=bool(cfg.progress))
-        data = load_dataset(root, samples)
-        tracker.set_tags({"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device})
-
-        rng = np.random.default_rng(int(cfg.seed))
-        parts, test, val, unused_signal = _draw(cfg, data, method.parts, rng)
-        tracker.log_metrics({f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()})
-        tracker.log_metrics({"n_signal_heldout": float(len(unused_signal))})
-        log.info(
-            "%s: parts %s, test %d (%d signal), held-out signal %d, device %s",
-            run_name, {k: len(v) for k, v in parts.items()}, len(test), int(test.labels.sum()), len(unused_signal), device,
-        )
-
-        ctx = FitContext(
-            device=device, rng=rng, seed=int(cfg.seed), samples={s: data[s] for s in samples[2:]},
-            log_metrics=tracker.log_metrics, progress=bool(cfg.progress), config=resolved,
-        )
-        t_fit = time.perf_counter()
-        method.fit(parts, ctx)
-        fit_seconds = time.perf_counter() - t_fit
-
-        test_scores = method.score(test)
-        signal_scores = method.score(unused_signal)
-        statistics = [build(s) for s in cfg.search.get("statistics", [])]
-        evaluation = evaluate(test, test_scores, unused_signal, signal_scores, _eval_config(cfg.selection), statistics)
-        metrics = dict(evaluation.metrics)
-        if hasattr(method, "extra_metrics"):  # method-specific metrics (e.g. nuisance-class AUCs)
-            metrics |= method.extra_metrics(test, test_scores, unused_signal, signal_scores)
-        metrics["val_loss"] = float(getattr(method, "val_loss", float("nan")))
-        if val is not None and len(val):
-            metrics["val_auc"] = _val_auc(method.score(val), val.labels)
-        metrics["time/fit_s"] = fit_seconds
-        metrics["time/total_s"] = time.perf_counter() - t_start
+        out = train_and_evaluate(cfg, log_metrics=tracker.log_metrics, set_tags=tracker.set_tags, run_name=run_name)
+        metrics = out.metrics
         tracker.log_metrics(metrics)
-        for step, row in enumerate(_stage_metrics(method, test, unused_signal)):
+        for step, row in enumerate(out.stage_metrics):
             tracker.log_metrics({f"stage/{k}": v for k, v in row.items()}, step=step)
 
-        _log_artifacts(tracker, evaluation, test, test_scores, signal_scores)
-        if cfg.tracking.get("log_models", True) and hasattr(method, "state"):
-            tracker.log_torch_state(method.state(), "model/state.pt")
+        _log_artifacts(tracker, out.evaluation, out.test, out.test_scores, out.signal_scores)
+        if cfg.tracking.get("log_models", True) and hasattr(out.method, "state"):
+            tracker.log_torch_state(out.method.state(), "model/state.pt")
 
         objective = None
         if cfg.get("objective"):
             if cfg.objective not in metrics:
                 raise ConfigError(f"objective '{cfg.objective}' is not a metric of this run; choose from {sorted(metrics)}")
             objective = float(metrics[cfg.objective])
-        summary = evaluation.summary_lines()
+        summary = out.evaluation.summary_lines()
         run_id = tracker.run_id
 
     log.info("%s finished in %.0f s\n%s", run_name, metrics["time/total_s"], "\n".join(summary))
     log.info("MLflow run %s; browse with: %s", run_id, ui_command(mlruns))
     return RunResult(metrics=metrics, run_id=run_id, objective=objective, summary=summary)
-

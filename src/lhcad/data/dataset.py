@@ -16,13 +16,14 @@ import math
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from lhcad.data.events import Events
 from lhcad.data.storage import read_sample
 
-__all__ = ["as_rng", "check_signal_frac", "inject_signal", "load_dataset", "split"]
+__all__ = ["Draw", "as_rng", "check_signal_frac", "draw_sample", "inject_signal", "load_dataset", "split"]
 
 _FRACTION_TOLERANCE = 1e-9
 
@@ -102,6 +103,17 @@ def _interleave(
     return Events(out)
 
 
+class Draw(NamedTuple):
+    """A run's sample and what was left out of it (see :func:`draw_sample`)."""
+
+    sample: Events
+    #: every signal event not injected (original order), for ROC curves
+    unused_signal: Events
+    #: every background event not drawn (original order): independent of the sample, e.g. the pure
+    #: background reference of idealised CWoLa
+    unused_background: Events
+
+
 def inject_signal(
     background: Events,
     signal: Events,
@@ -109,6 +121,21 @@ def inject_signal(
     n_events: int | None,
     rng: np.random.Generator | int,
 ) -> tuple[Events, Events]:
+    """Draw a shuffled sample with an exact number of signal events: ``(sample, unused_signal)``.
+
+    See :func:`draw_sample`, which also returns the background events not drawn.
+    """
+    draw = draw_sample(background, signal, signal_frac, n_events, rng)
+    return draw.sample, draw.unused_signal
+
+
+def draw_sample(
+    background: Events,
+    signal: Events,
+    signal_frac: float,
+    n_events: int | None,
+    rng: np.random.Generator | int,
+) -> Draw:
     """Draw a shuffled sample with an exact number of signal events.
 
     The sample has ``n_sig = round(signal_frac * n_events)`` signal events (Python's ``round``, half
@@ -123,8 +150,8 @@ def inject_signal(
         rng: numpy Generator or integer seed.
 
     Returns:
-        ``(sample, unused_signal)``: the shuffled sample, and every signal event not injected
-        (in its original order), for ROC curves.
+        :class:`Draw`: the shuffled sample, the signal events not injected and the background
+        events not drawn (both in their original order).
 
     Raises:
         ValueError: ``signal_frac`` outside [0, 1); ``n_events`` not a positive integer; the
@@ -169,7 +196,9 @@ def inject_signal(
     # keep the column order of the background sample
     signal_ordered = signal.select(background.keys())
     sample = _interleave(signal_ordered, sig_rows, background, bkg_rows, from_signal)
-    return sample, signal.take(unused_rows)
+    spare = np.ones(len(background), dtype=bool)
+    spare[bkg_rows] = False
+    return Draw(sample, signal.take(unused_rows), background.take(np.flatnonzero(spare)))
 
 
 # ---------------------------------------------------------------------------------------------- splits

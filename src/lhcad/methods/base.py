@@ -21,7 +21,12 @@ import numpy as np
 
 from lhcad.data.events import Events
 
-__all__ = ["EmpiricalCDF", "FitContext", "Method", "Scores", "combine_jet_scores"]
+__all__ = ["SPARE_BACKGROUND", "EmpiricalCDF", "FitContext", "Method", "Scores", "combine_jet_scores"]
+
+SPARE_BACKGROUND = "qcd_spare"
+"""A name a method may list in ``samples`` to get the background events kept out of the run's sample
+(``background_reserve`` and whatever the draw left over): independent of every part, e.g. the
+pure-background reference of idealised CWoLa. The pipeline provides it; it is not read from disk."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,8 @@ class Method(Protocol):
 
     #: parts of the training share this method needs, name -> relative size (e.g. {"train": 1})
     parts: Mapping[str, float]
-    #: extra samples the method reads from the dataset besides qcd/signal (e.g. ("sim",))
+    #: extra samples the method reads from the dataset besides qcd/signal (e.g. ("sim",)),
+    #: or SPARE_BACKGROUND
     samples: tuple[str, ...]
 
     def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None: ...
