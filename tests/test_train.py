@@ -21,7 +21,7 @@ FULL = ["data=tiny", "progress=false"]  # physics checks: default training setti
 # ---------------------------------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("method", ["ae", "supervised", "tnt", "tnt_mjj"])
+@pytest.mark.parametrize("method", ["ae", "supervised", "tnt", "tnt_mjj", "cwola", "sa_cwola", "salad", "cwola_ideal"])
 @pytest.mark.parametrize("inputs", ["features", "images"])
 def test_every_method_config_composes_and_instantiates(method, inputs, tmp_path):
     register_resolvers()
@@ -35,10 +35,13 @@ def test_every_method_config_composes_and_instantiates(method, inputs, tmp_path)
     assert sum(built.parts.values()) > 0
     if method == "tnt_mjj":
         assert built.mjj_window == [3300.0, 3700.0]
+    if method in ("cwola", "sa_cwola", "salad", "cwola_ideal"):  # windows follow search/
+        assert built.windows.signal_region == (3300.0, 3700.0)
+        assert built.windows.sideband_high == (3700.0, 3900.0)
 
 
 def test_method_configs_are_all_known():
-    assert {"ae", "supervised", "tnt", "tnt_mjj"} <= set(available_methods())
+    assert {"ae", "supervised", "tnt", "tnt_mjj", "cwola", "sa_cwola", "salad", "cwola_ideal"} <= set(available_methods())
 
 
 # ---------------------------------------------------------------------------------------------- single runs

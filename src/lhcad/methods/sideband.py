@@ -345,8 +345,8 @@ class SACWoLa(CWoLa):
 class CWoLaIdeal(SidebandMethod):
     """Optimal CWoLa (paper 003 Fig. 2): SR data against independent pure background in the SR.
 
-    The reference background is the run's spare background (``qcd`` events not drawn into the
-    sample, so set ``n_events`` below the number available), restricted to the SR by m_jj and to
+    The reference background is the run's spare background (``qcd`` events kept out of the
+    sample: ``background_reserve`` or an ``n_events`` below the number available), restricted to the SR by m_jj and to
     true background by its labels. It removes the SR-SB differences of the background, so it is the
     upper bound of CWoLa and of SALAD (whose reweighted simulation it replaces by perfect
     background). Uses truth: a reference, not a search.
@@ -362,15 +362,15 @@ class CWoLaIdeal(SidebandMethod):
         spare = ctx.samples.get(SPARE_BACKGROUND)
         if spare is None or len(spare) == 0:
             raise ValueError(
-                "cwola_ideal needs background events not drawn into the run's sample as its pure-background "
-                "reference: set n_events below the number of background events in the dataset"
+                "cwola_ideal needs background events kept out of the run's sample as its pure-background "
+                "reference: set background_reserve (e.g. 0.3) or n_events below the dataset's background count"
             )
         in_sr = self.windows.region(data["mjj"]) == SR
         ref_sr = (self.windows.region(spare["mjj"]) == SR) & (spare.labels == 0)
         if ref_sr.sum() < 2 or in_sr.sum() < 2:
             raise ValueError(
                 f"cwola_ideal has {int(in_sr.sum())} data and {int(ref_sr.sum())} spare background events in the "
-                "signal region; lower n_events to leave more spare background"
+                "signal region; raise background_reserve or lower n_events to leave more spare background"
             )
         n_data, n_ref = int(in_sr.sum()), int(ref_sr.sum())
         ts = TrainingSet.concat([
