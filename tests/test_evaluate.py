@@ -366,6 +366,23 @@ def test_evaluate_event_level_scores_have_no_per_jet_keys(run):
     assert result.metrics["auc"] == pytest.approx(expected)
 
 
+def test_signal_region_metrics_remove_what_a_score_gains_from_mjj_alone(run):
+    """A score that is m_jj itself finds the 3.5 TeV signal against the inclusive background, but
+    not among the events of the signal region, where a resonance search cuts on it."""
+    test, _, signal, _ = run
+    config = EvaluationConfig(plots=False, signal_region=(3300.0, 3700.0))
+    result = evaluate(test, Scores(np.asarray(test["mjj"], float)), signal, Scores(np.asarray(signal["mjj"], float)), config)
+    metrics = result.metrics
+    assert metrics["auc"] > 0.7  # 0.74 on the fixture
+    assert abs(metrics["auc_sr"] - 0.5) < 0.05  # 0.49
+    in_sr = (test["mjj"] >= 3300) & (test["mjj"] < 3700) & (test.labels == 0)
+    assert metrics["n_roc_background_sr"] == in_sr.sum()
+    assert {"inv_eps_b_sr/eff_s_0.3", "inv_eps_b_sr/eff_s_0.5", "max_sic_sr", "n_roc_signal_sr"} <= set(metrics)
+    assert any("signal region" in line for line in result.summary_lines())
+    with pytest.raises(ValueError, match="signal_region"):
+        EvaluationConfig(signal_region=(3700.0, 3300.0))
+
+
 class DummyStatistic:
     name = "dummy"
 

@@ -113,8 +113,10 @@ def _resolve_device(device: str) -> str:
     return resolve_device(device)
 
 
-def _eval_config(selection: Mapping[str, Any]) -> EvaluationConfig:
+def _eval_config(selection: Mapping[str, Any], search: Mapping[str, Any] | None = None) -> EvaluationConfig:
+    region = (search or {}).get("signal_region")
     return EvaluationConfig(
+        signal_region=tuple(float(v) for v in region) if region is not None else None,
         efficiencies=tuple(float(e) for e in selection["efficiencies"]),
         signal_efficiencies=tuple(float(e) for e in selection["signal_efficiencies"]),
         min_background=int(selection["min_background"]),
@@ -256,7 +258,7 @@ def train_and_evaluate(
     test_scores = method.score(test)
     signal_scores = method.score(unused_signal)
     statistics = [build(s) for s in cfg.search.get("statistics", [])]
-    evaluation = evaluate(test, test_scores, unused_signal, signal_scores, _eval_config(cfg.selection), statistics)
+    evaluation = evaluate(test, test_scores, unused_signal, signal_scores, _eval_config(cfg.selection, cfg.search), statistics)
     metrics = dict(evaluation.metrics)
     if hasattr(method, "extra_metrics"):  # method-specific metrics (e.g. nuisance-class AUCs)
         metrics |= method.extra_metrics(test, test_scores, unused_signal, signal_scores)

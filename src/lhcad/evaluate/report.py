@@ -64,6 +64,8 @@ class EvaluationConfig:
         mjj_bins: number of mjj bins (plots and sculpting JSD).
         mjj_range: mjj range in GeV (plots and sculpting JSD).
         plots: make figures.
+        signal_region: m_jj window [GeV] in which the ``*_sr`` classifier metrics are also quoted
+            (None: not computed).
     """
 
     efficiencies: tuple[float, ...] = (0.1, 0.03, 0.01)
@@ -72,8 +74,13 @@ class EvaluationConfig:
     mjj_bins: int = 40
     mjj_range: tuple[float, float] = (1500.0, 6500.0)
     plots: bool = True
+    signal_region: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.signal_region is not None:
+            self.signal_region = tuple(float(v) for v in self.signal_region)  # type: ignore[assignment]
+            if len(self.signal_region) != 2 or not self.signal_region[0] < self.signal_region[1]:
+                raise ValueError(f"signal_region must be [low, high] in GeV with low < high, got {self.signal_region}")
         # accept any sequence (e.g. an OmegaConf ListConfig from hydra)
         self.efficiencies = _efficiencies(self.efficiencies, "efficiencies")
         self.signal_efficiencies = _efficiencies(self.signal_efficiencies, "signal_efficiencies")
@@ -157,6 +164,8 @@ class Evaluation:
         get = self.metrics.get
         nan = float("nan")
         rows: list[tuple[str, str]] = [("AUC", _fmt(get("auc", nan)))]
+        if "auc_sr" in self.metrics:
+            rows.append(("AUC in the signal region", _fmt(get("auc_sr", nan))))
         if "auc_jet1" in self.metrics:
             rows.append(("AUC jet 1 / jet 2", f"{_fmt(get('auc_jet1', nan))} / {_fmt(get('auc_jet2', nan))}"))
         for e in self.config.signal_efficiencies:
@@ -226,6 +235,10 @@ def evaluate(
 
         * ``auc``, ``inv_eps_b/eff_s_S``, ``max_sic``, ``max_sic/eff_s``, ``n_roc_background``,
           ``n_roc_signal``: test background against all held-out signal;
+        * ``auc_sr``, ``inv_eps_b_sr/eff_s_S``, ``max_sic_sr``, ``n_roc_background_sr``,
+          ``n_roc_signal_sr`` (with ``config.signal_region``): the same with background and signal
+          both inside the m_jj signal region, where a resonance search applies the cut (a score
+          that learned m_jj itself gains nothing there);
         * ``auc_jet1``, ``auc_jet2``, ``jet_score_corr_bkg`` (per-jet scores only): per-jet AUCs and
           the Pearson correlation of the jet-1 and jet-2 scores of the test background;
         * ``jsd_mjj/eff_E``, ``n_selected/eff_E``, ``n_selected_signal/eff_E``: selections keeping
@@ -268,6 +281,8 @@ def evaluate(
     metrics["max_sic"], metrics["max_sic/eff_s"] = m.max_sic(roc, config.min_background)
     if per_jet:
         metrics["jet_score_corr_bkg"] = m.pearson(test_scores.jet1[background], test_scores.jet2[background])
+    if config.signal_region is not None:
+        metrics |= _signal_region_metrics(test, test_scores, signal, signal_scores, config)
 
     # ---- selections on the test sample as injected
     mjj = np.asarray(test["mjj"], dtype=np.float64)
@@ -310,6 +325,26 @@ def evaluate(
     for statistic in statistics:
         _merge(evaluation, statistic.name, statistic(test, test_scores))
     return evaluation
+
+
+def _signal_region_metrics(
+    test: Events, test_scores: Scores, signal: Events, signal_scores: Scores, config: EvaluationConfig
+) -> dict[str, float]:
+    """Classifier metrics with background and signal both inside the m_jj signal region."""
+    lo, hi = config.signal_region  # type: ignore[misc]
+
+    def inside(events: Events) -> np.ndarray:
+        mjj = np.asarray(events["mjj"], np.float64)
+        return (mjj >= lo) & (mjj < hi)
+
+    bkg = test_scores.event[(np.asarray(test.labels) == 0) & inside(test)]
+    sig = signal_scores.event[inside(signal)]
+    roc = m.roc_curve(bkg, sig)
+    out = {"auc_sr": m.auc(bkg, sig), "n_roc_background_sr": float(len(bkg)), "n_roc_signal_sr": float(len(sig))}
+    for e in config.signal_efficiencies:
+        out[f"inv_eps_b_sr/eff_s_{e:g}"] = m.rejection_at(roc, e)
+    out["max_sic_sr"], _ = m.max_sic(roc, config.min_background)
+    return out
 
 
 def _merge(evaluation: Evaluation, name: str, result: StatisticResult) -> None:
