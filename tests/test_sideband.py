@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import sklearn.metrics
 
-from lhcad.data import Events, draw_sample, load_dataset
-from lhcad.data.transforms import correlate_mass
+from lhcad.data import draw_sample, load_dataset
 from lhcad.inputs import DijetFeatures, JetFeatures, JetImages
 from lhcad.methods.base import SPARE_BACKGROUND, FitContext
 from lhcad.methods.salad import SALAD, weighted_auc
@@ -229,3 +228,20 @@ def test_cwola_ideal_without_spare_background_is_one_clear_sentence(tmp_path):
     proc = run_train(tmp_path, "data=tiny", "progress=false", "method=cwola_ideal", expect_ok=False)
     assert proc.returncode == 2
     assert "set background_reserve" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("background_reserve", 1.0, "background_reserve must be a fraction in \\[0, 1\\)"),
+        ("cpu_threads", 0, "cpu_threads must be 'auto'"),
+    ],
+)
+def test_run_level_settings_are_validated_before_anything_runs(key, value, match):
+    from omegaconf import OmegaConf
+
+    from lhcad.config import ConfigError, validate
+
+    cfg = OmegaConf.create({"signal_frac": 0.01, "n_events": None, "holdout": {"test": 0.3}, key: value})
+    with pytest.raises(ConfigError, match=match):
+        validate(cfg)

@@ -36,6 +36,9 @@ def validate(cfg: DictConfig) -> None:
     n = cfg.get("n_events")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"n_events must be a positive integer or null (all the background), got {n!r}")
+    threads = cfg.get("cpu_threads", "auto")
+    if threads not in (None, "auto") and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"cpu_threads must be 'auto', a positive integer or null (torch's default), got {threads!r}")
     reserve = cfg.get("background_reserve", 0.0)
     if reserve is not None and not (isinstance(reserve, (int, float)) and not isinstance(reserve, bool) and 0 <= reserve < 1):
         raise ConfigError(f"background_reserve must be a fraction in [0, 1), got {reserve!r}")

@@ -107,9 +107,14 @@ def _method_name(cfg: DictConfig) -> str:
         return str(cfg.method._target_).rsplit(".", 1)[-1].lower()
 
 
-def _resolve_device(device: str) -> str:
-    from lhcad.models.training import resolve_device
+def _resolve_device(device: str, cpu_threads: int | str | None, input_kind: str) -> str:
+    """The torch device; also sets the CPU threads (``"auto"``: one for dense inputs, torch's
+    default for images; see benchmarks/bench_threads.py)."""
+    from lhcad.models.training import resolve_device, set_cpu_threads
 
+    if cpu_threads == "auto":
+        cpu_threads = 1 if input_kind == "dense" else None
+    set_cpu_threads(cpu_threads)  # type: ignore[arg-type]
     return resolve_device(device)
 
 
@@ -222,8 +227,8 @@ def train_and_evaluate(
     t_start = time.perf_counter()
     name = _method_name(cfg)
     run_name = run_name or f"{name}-f{cfg.signal_frac:g}-s{cfg.seed}"
-    device = _resolve_device(str(cfg.device))
     inputs = build(cfg.inputs)
+    device = _resolve_device(str(cfg.device), cfg.get("cpu_threads", "auto"), getattr(inputs, "kind", ""))
     method = build(cfg.method, inputs=inputs)
     extra = tuple(getattr(method, "samples", ()))
     samples = ("qcd", "signal", *(s for s in extra if s != SPARE_BACKGROUND))

@@ -88,6 +88,19 @@ class History:
     lr: list[float] = field(default_factory=list)
 
 
+def set_cpu_threads(n: int | None) -> None:
+    """Set torch's intra-op CPU threads; ``None`` keeps torch's default (one per core).
+
+    The small networks here gain little from several threads and lose badly when the cores are
+    shared with other work (see ``benchmarks/bench_threads.py``).
+    """
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"cpu_threads must be a positive integer or null (torch's default), got {n!r}")
+    torch.set_num_threads(n)
+
+
 def resolve_device(device: str | torch.device) -> str:
     """``"auto"`` -> ``"cuda"`` if available else ``"cpu"``; check that other devices exist."""
     name = str(device)
