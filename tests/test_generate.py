@@ -172,3 +172,12 @@ def test_images_and_constituents_are_stored_and_read_back(tmp_path):
     # the constituents' scalar pT sum is close to (and above) the jet pT for these narrow jets
     lead = d["j1_constituents"][:, :, 0].sum(axis=1)
     assert np.median(lead / d["j1_pt"]) > 0.7
+
+
+def test_missing_pythia_settings_database_is_named(monkeypatch):
+    """Without its xmldoc folder Pythia rejects every setting; say so instead of blaming the first one."""
+    from lhcad.data.pythia import PythiaError, make_pythia
+
+    monkeypatch.setenv("PYTHIA8DATA", "/nonexistent/xmldoc")
+    with pytest.raises(PythiaError, match="settings database.*PYTHIA8DATA='/nonexistent/xmldoc'"):
+        make_pythia(["Beams:eCM = 13000."], seed=1)

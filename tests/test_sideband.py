@@ -245,3 +245,31 @@ def test_run_level_settings_are_validated_before_anything_runs(key, value, match
     cfg = OmegaConf.create({"signal_frac": 0.01, "n_events": None, "holdout": {"test": 0.3}, key: value})
     with pytest.raises(ConfigError, match=match):
         validate(cfg)
+
+
+def test_train_and_evaluate_without_mlflow_returns_fit_time_metrics(tmp_path, monkeypatch):
+    """The library path used by scripts: no MLflow store, and the method's own fit-time summaries
+    (SALAD's weight summary) come back with the final metrics."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from lhcad.cli._paths import CONF_DIR
+    from lhcad.config import register_resolvers
+    from lhcad.pipeline import train_and_evaluate
+
+    monkeypatch.setenv("LHCAD_HOME", str(tmp_path))
+    register_resolvers()
+    with initialize_config_dir(CONF_DIR):
+        cfg = compose("config", overrides=["method=salad", "data=tiny", "progress=false", "selection.plots=false",
+                                           "search.statistics=[]", "signal_frac=0.05", "method.train.epochs=3"],
+                      return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]  # as in a job: the run config without Hydra's own section
+        out = train_and_evaluate(cfg)
+    assert out.method.name == "salad"
+    assert {"salad/weight_neff_fraction", "salad/n_sr_sim", "n_events/train"} <= out.reported
+    assert 0 < out.metrics["salad/weight_neff_fraction"] <= 1
+    assert 0.5 < out.metrics["auc_sr"] <= 1  # 5% signal: found even after 3 epochs
+    assert not (tmp_path / "mlruns").exists()

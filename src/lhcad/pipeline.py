@@ -98,13 +98,18 @@ def dataset_checksum(root: Path, samples: tuple[str, ...]) -> str:
 # ---------------------------------------------------------------------------------------------- run
 
 
-def _method_name(cfg: DictConfig) -> str:
+def _method_name(cfg: DictConfig, method: Any = None) -> str:
+    """The method's config name: Hydra's choice of the ``method`` group, else the method's own
+    ``name`` (e.g. ``sa_cwola``), else its class name in lower case."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         return str(HydraConfig.get().runtime.choices["method"])
     except (ValueError, KeyError):
-        return str(cfg.method._target_).rsplit(".", 1)[-1].lower()
+        pass
+    if isinstance(getattr(method, "name", None), str):
+        return method.name
+    return str(cfg.method._target_).rsplit(".", 1)[-1].lower()
 
 
 def _resolve_device(device: str, cpu_threads: int | str | None, input_kind: str) -> str:
@@ -195,7 +200,12 @@ def _log_artifacts(tracker: Any, evaluation: Any, test: Events, test_scores: Sco
 
 @dataclass
 class Outcome:
-    """Everything one trained and evaluated method leaves behind (before it is logged)."""
+    """Everything one trained and evaluated method leaves behind (before it is logged).
+
+    ``metrics`` holds the final metrics and, under their own names, the last value of every
+    metric reported without a step during the run (event counts, a method's fit-time summaries
+    such as ``salad/weight_neff_fraction``); ``reported`` names the latter.
+    """
 
     method: Any
     metrics: dict[str, float]
@@ -204,6 +214,7 @@ class Outcome:
     test: Events
     test_scores: Scores
     signal_scores: Scores
+    reported: frozenset[str] = frozenset()
 
 
 def _no_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -225,11 +236,18 @@ def train_and_evaluate(
     """
     validate(cfg)
     t_start = time.perf_counter()
-    name = _method_name(cfg)
-    run_name = run_name or f"{name}-f{cfg.signal_frac:g}-s{cfg.seed}"
+    reported: dict[str, float] = {}
+
+    def record(metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is None:
+            reported.update(metrics)
+        log_metrics(metrics, step)
+
     inputs = build(cfg.inputs)
     device = _resolve_device(str(cfg.device), cfg.get("cpu_threads", "auto"), getattr(inputs, "kind", ""))
     method = build(cfg.method, inputs=inputs)
+    name = _method_name(cfg, method)
+    run_name = run_name or f"{name}-f{cfg.signal_frac:g}-s{cfg.seed}"
     extra = tuple(getattr(method, "samples", ()))
     samples = ("qcd", "signal", *(s for s in extra if s != SPARE_BACKGROUND))
     needs_images = getattr(inputs, "kind", "") == "image"
@@ -244,8 +262,8 @@ def train_and_evaluate(
             f"{name} trains against background events kept out of the run's sample, but all "
             f"{len(data['qcd'])} are drawn: set background_reserve (e.g. background_reserve=0.3) or a lower n_events"
         )
-    log_metrics({f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()}, None)
-    log_metrics({"n_signal_heldout": float(len(unused_signal))}, None)
+    record({f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()}, None)
+    record({"n_signal_heldout": float(len(unused_signal))}, None)
     log.info(
         "%s: parts %s, test %d (%d signal), held-out signal %d, device %s",
         run_name, {k: len(v) for k, v in parts.items()}, len(test), int(test.labels.sum()), len(unused_signal), device,
@@ -254,7 +272,7 @@ def train_and_evaluate(
     ctx = FitContext(
         device=device, rng=rng, seed=int(cfg.seed),
         samples={s: data[s] for s in samples[2:]} | ({SPARE_BACKGROUND: spare} if SPARE_BACKGROUND in extra else {}),
-        log_metrics=log_metrics, progress=bool(cfg.progress), config=OmegaConf.to_container(cfg, resolve=True),
+        log_metrics=record, progress=bool(cfg.progress), config=OmegaConf.to_container(cfg, resolve=True),
     )
     t_fit = time.perf_counter()
     method.fit(parts, ctx)
@@ -273,7 +291,10 @@ def train_and_evaluate(
     metrics["time/fit_s"] = fit_seconds
     metrics["time/total_s"] = time.perf_counter() - t_start
     stages = _stage_metrics(method, test, unused_signal)
-    return Outcome(method, metrics, stages, evaluation, test, test_scores, signal_scores)
+    return Outcome(
+        method, {**reported, **metrics}, stages, evaluation, test, test_scores, signal_scores,
+        reported=frozenset(set(reported) - set(metrics)),
+    )
 
 
 def run(cfg: DictConfig) -> RunResult:
@@ -299,7 +320,7 @@ def run(cfg: DictConfig) -> RunResult:
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         out = train_and_evaluate(cfg, log_metrics=tracker.log_metrics, set_tags=tracker.set_tags, run_name=run_name)
         metrics = out.metrics
-        tracker.log_metrics(metrics)
+        tracker.log_metrics({k: v for k, v in metrics.items() if k not in out.reported})  # the rest is logged
         for step, row in enumerate(out.stage_metrics):
             tracker.log_metrics({f"stage/{k}": v for k, v in row.items()}, step=step)
 

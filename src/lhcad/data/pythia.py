@@ -7,6 +7,8 @@ dataset manifest, so two datasets with the same strings and seed hold the same e
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -108,6 +110,12 @@ def make_pythia(settings: Sequence[str], seed: int):
     import pythia8mc
 
     pythia = pythia8mc.Pythia("", False)
+    if not pythia.settings.isParm("Beams:eCM"):  # the settings database (xmldoc) was not found
+        raise PythiaError(
+            "Pythia could not load its settings database (xmldoc): "
+            f"PYTHIA8DATA={os.environ.get('PYTHIA8DATA')!r}. Point PYTHIA8DATA at the share/Pythia8/xmldoc "
+            "folder of the pythia8mc installation (an install with `pip install --target` drops it)"
+        )
     for s in [*settings, "Random:setSeed = on", f"Random:seed = {int(seed)}"]:
         if not pythia.readString(s):
             raise PythiaError(f"Pythia rejected the setting '{s}'")
