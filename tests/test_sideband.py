@@ -68,6 +68,13 @@ def test_sideband_halves_share_the_signal_region_weight():
     assert np.all(w[region == OUTSIDE] == 0)
     with pytest.raises(ValueError, match="upper sideband"):
         sideband_weights(np.array([SR, SB_LOW]))
+    base = np.linspace(0.5, 2.0, len(region))  # e.g. DCTR weights: kept within a region, balanced across
+    wb = sideband_weights(region, base=base)
+    assert wb[region == SR].sum() == pytest.approx(base[region == SR].sum())
+    assert wb[region == SB_LOW].sum() == pytest.approx(wb[region == SB_HIGH].sum())
+    assert wb[region == SB_LOW].sum() + wb[region == SB_HIGH].sum() == pytest.approx(wb[region == SR].sum())
+    low = region == SB_LOW
+    np.testing.assert_allclose(wb[low] / base[low], wb[low][0] / base[low][0])
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -125,6 +132,24 @@ def test_sa_cwola_adds_simulation_with_flipped_labels_and_relative_weight_lambda
     assert sim_w[sim_y == 1].sum() == pytest.approx(sim_w[sim_y == 0].sum())
 
 
+def test_sa_cwola_can_reweight_its_simulation_term_to_the_data(samples):
+    """Paper 003 footnote 1: the simulation term with SALAD's weights; balancing and lambda hold."""
+    data, sim = samples["qcd"], samples["sim"]
+    method = SACWoLa(JetFeatures(["m"]), lam=0.5, reweight_sim=True, train=QUICK, **WINDOWS)
+    ctx = FitContext(samples={"sim": sim})
+    ts = method.training_set(data, sim, ctx)
+    n_data = len(CWoLa(JetFeatures(["m"]), **WINDOWS).data_term(data).y)
+    sim_w, sim_y = ts.w[n_data:], ts.y[n_data:]
+    assert sim_w.sum() == pytest.approx(0.5 * ts.w[:n_data].sum())
+    assert sim_w[sim_y == 1].sum() == pytest.approx(sim_w[sim_y == 0].sum())
+    # the SR simulation weights follow g/(1-g), not a constant
+    region = MassWindows.from_config(**WINDOWS).region(sim["mjj"])
+    dctr = method.reweighter.weights(sim.take(region == SR))
+    np.testing.assert_allclose(sim_w[sim_y == 0] / dctr, (sim_w[sim_y == 0] / dctr)[0], rtol=1e-6)
+    assert dctr.std() > 0.01
+    assert {"sa_cwola/weight_neff_fraction", "sa_cwola/n_long_sb_sim"} <= set(ts.info)
+
+
 def test_cwola_ideal_compares_signal_region_with_spare_background(samples):
     draw = draw_sample(samples["qcd"], samples["signal"], 0.05, 5000, 0)
     method = CWoLaIdeal(JetFeatures(["m"]), **WINDOWS)
@@ -165,7 +190,7 @@ def test_weighted_auc_matches_sklearn_and_clipping_bounds_salad_weights(samples)
     assert weighted_auc(b, s, wb) == pytest.approx(expect)
 
     data, sim = samples["qcd"], samples["sim"]
-    method = SALAD(JetFeatures(["m"]), max_weight=1.5, train=QUICK, **WINDOWS)
+    method = SALAD(JetFeatures(["m"]), reweighter={"max_weight": 1.5}, train=QUICK, **WINDOWS)
     method.fit({"train": data}, FitContext(samples={"sim": sim}))
     w = method.weights(sim)
     assert w.min() >= 1 / 1.5 - 1e-9 and w.max() <= 1.5 + 1e-9

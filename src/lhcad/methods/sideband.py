@@ -102,8 +102,9 @@ class MassWindows:
         return out
 
 
-def sideband_weights(region: np.ndarray, what: str = "data") -> np.ndarray:
-    """CWoLa weights of SR/SB events: SR events 1; each sideband half the SR's total weight.
+def sideband_weights(region: np.ndarray, what: str = "data", base: np.ndarray | None = None) -> np.ndarray:
+    """CWoLa weights of SR/SB events: SR events keep their ``base`` weight (default 1); each
+    sideband is scaled to half the SR's total weight.
 
     Events outside the windows get weight 0.
 
@@ -111,15 +112,16 @@ def sideband_weights(region: np.ndarray, what: str = "data") -> np.ndarray:
         ValueError: the SR or one of the sidebands has no events.
     """
     region = np.asarray(region)
-    counts = {code: int(np.sum(region == code)) for code in (SR, SB_LOW, SB_HIGH)}
+    base = np.ones(region.shape) if base is None else np.asarray(base, np.float64)
+    totals = {code: float(base[region == code].sum()) for code in (SR, SB_LOW, SB_HIGH)}
     empty = [name for code, name in ((SR, "signal region"), (SB_LOW, "lower sideband"), (SB_HIGH, "upper sideband"))
-             if counts[code] == 0]
+             if totals[code] <= 0]
     if empty:
         raise ValueError(f"the {what} have no events in the {', '.join(empty)}; use more events or wider windows")
     w = np.zeros(region.shape, np.float64)
-    w[region == SR] = 1.0
+    w[region == SR] = base[region == SR]
     for code in (SB_LOW, SB_HIGH):
-        w[region == code] = counts[SR] / (2.0 * counts[code])
+        w[region == code] = base[region == code] * totals[SR] / (2.0 * totals[code])
     return w
 
 
@@ -314,32 +316,71 @@ class SACWoLa(CWoLa):
     as 0, SB simulation as 1. Their weights follow the same SB balancing, scaled so that the
     simulation carries ``lam`` times the data's total weight (per event ``lam`` when the two samples
     have equal size, as in the paper's code). ``lam = 0`` is CWoLa.
+
+    ``reweight_sim=True`` first reweights the simulation to the data with SALAD's sideband-trained
+    ``g / (1 - g)`` (:class:`~lhcad.methods.reweighting.SidebandReweighter`, settings in
+    ``reweighter``), the option of paper 003's footnote 1: the simulation term then penalises the
+    SR-vs-SB differences of a background that looks like the data's, not like the simulation's.
     """
 
     name = "sa_cwola"
     trains_on_sim = True
 
-    def __init__(self, inputs: InputRepresentation, lam: float = 0.5, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        inputs: InputRepresentation,
+        lam: float = 0.5,
+        reweight_sim: bool = False,
+        reweighter: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         lam = float(lam)
         if not (np.isfinite(lam) and lam >= 0):
             raise ValueError(f"sa_cwola's lam (weight of the simulation term) must be >= 0, got {lam!r}")
         self.lam = lam
         super().__init__(inputs, **kwargs)
+        self.reweighter = None
+        if reweight_sim:
+            from lhcad.methods.reweighting import SidebandReweighter
+
+            settings = {"classifier": self.classifier, "train": self.train,
+                        **{k: v for k, v in dict(reweighter or {}).items() if v is not None}}
+            self.reweighter = SidebandReweighter(self.features, self.windows, **settings)
 
     def training_set(self, data: Events, sim: Events | None, ctx: FitContext) -> TrainingSet:
         data_ts = self.data_term(data)
         if self.lam == 0.0:
             return data_ts
         assert sim is not None
+        info: dict[str, float] = {}
+        base = None
+        if self.reweighter is not None:
+            info |= self.reweighter.fit(data, sim, ctx, self.name)
+            base = self.reweighter.weights(sim)
+            info |= self.reweighter.summary(base, self.name)
         region = self.windows.region(sim["mjj"])
-        w = sideband_weights(region, "simulated events")
+        w = sideband_weights(region, "simulated events", base)
         w *= self.lam * data_ts.w.sum() / w.sum()
         sim_ts = TrainingSet.concat([
             self.labelled(sim, 0, np.where(region == SR, w, 0.0)),  # flipped: SR simulation is "SB-like"
             self.labelled(sim, 1, np.where(region != SR, w, 0.0)),
         ])
-        sim_ts.info = {"sa_cwola/n_sim": float(len(sim_ts.y)), "sa_cwola/sim_weight_fraction": sim_ts.w.sum() / (sim_ts.w.sum() + data_ts.w.sum())}
+        info |= {f"{self.name}/n_sim": float(len(sim_ts.y)),
+                 f"{self.name}/sim_weight_fraction": sim_ts.w.sum() / (sim_ts.w.sum() + data_ts.w.sum())}
+        sim_ts.info = info
         return TrainingSet.concat([data_ts, sim_ts])
+
+    def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
+        out = super().extra_metrics(test, test_scores, signal, signal_scores)
+        if self.reweighter is not None and self.reweighter.tagger is not None and self.sim_eval is not None:
+            out |= self.reweighter.closure(test, self.sim_eval, self.name)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        out = super().state()
+        if self.reweighter is not None and self.reweighter.tagger is not None:
+            out["reweighter"] = self.reweighter.state()
+        return out
 
 
 class CWoLaIdeal(SidebandMethod):
