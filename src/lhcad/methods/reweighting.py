@@ -70,6 +70,20 @@ class SidebandReweighter:
         self.train = train if isinstance(train, TrainConfig) else train_config(train)
         self.tagger: JetTagger | None = None
 
+    @classmethod
+    def from_settings(
+        cls,
+        features: Sequence[str],
+        windows: Any,
+        settings: Mapping[str, Any] | None,
+        classifier: Mapping[str, Any],
+        train: TrainConfig,
+    ) -> SidebandReweighter:
+        """From a method's ``reweighter`` settings; a missing or null ``classifier`` / ``train``
+        means the method's own classifier settings."""
+        given = {k: v for k, v in dict(settings or {}).items() if v is not None}
+        return cls(features, windows, **{"classifier": classifier, "train": train, **given})
+
     def in_long_sidebands(self, events: Events) -> np.ndarray:
         """Mask of the events in either long sideband."""
         from lhcad.methods.sideband import OUTSIDE, SR

@@ -57,8 +57,9 @@ class SALAD(SidebandMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(inputs, **kwargs)
-        settings = {"classifier": self.classifier, "train": self.train, **{k: v for k, v in dict(reweighter or {}).items() if v is not None}}
-        self.reweighter = SidebandReweighter(self.features, self.windows, **settings)
+        self.reweighter = SidebandReweighter.from_settings(
+            self.features, self.windows, reweighter, self.classifier, self.train
+        )
         self.reweight = bool(reweight)
 
     def weights(self, sim: Events) -> np.ndarray:

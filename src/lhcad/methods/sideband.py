@@ -343,9 +343,9 @@ class SACWoLa(CWoLa):
         if reweight_sim:
             from lhcad.methods.reweighting import SidebandReweighter
 
-            settings = {"classifier": self.classifier, "train": self.train,
-                        **{k: v for k, v in dict(reweighter or {}).items() if v is not None}}
-            self.reweighter = SidebandReweighter(self.features, self.windows, **settings)
+            self.reweighter = SidebandReweighter.from_settings(
+                self.features, self.windows, reweighter, self.classifier, self.train
+            )
 
     def training_set(self, data: Events, sim: Events | None, ctx: FitContext) -> TrainingSet:
         data_ts = self.data_term(data)
