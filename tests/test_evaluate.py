@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from lhcad.data import Events, inject_signal, load_dataset
 from lhcad.evaluate import (
+    ClosureConfig,
     Evaluation,
     EvaluationConfig,
     SearchStatistic,
@@ -386,14 +387,13 @@ def test_signal_region_metrics_remove_what_a_score_gains_from_mjj_alone(run):
 class DummyStatistic:
     name = "dummy"
 
-    def __call__(self, test: Events, scores: Scores) -> StatisticResult:
+    def __call__(self, test: Events, scores: Scores, reference: Scores | None = None) -> StatisticResult:
         fig = Figure()
         fig.subplots().hist(np.asarray(test["mjj"]))
-        return StatisticResult(
-            metrics={"dummy/n_events": float(len(test))},
-            figures={"dummy.png": fig},
-            table=[{"n": len(scores.event)}],
-        )
+        metrics = {"dummy/n_events": float(len(test))}
+        if reference is not None:
+            metrics["dummy/n_reference"] = float(len(reference.event))
+        return StatisticResult(metrics=metrics, figures={"dummy.png": fig}, table=[{"n": len(scores.event)}])
 
 
 def test_search_statistic_results_are_merged(run):
@@ -404,6 +404,35 @@ def test_search_statistic_results_are_merged(run):
     assert result.metrics["dummy/n_events"] == len(test)
     assert isinstance(result.figures["dummy.png"], Figure)
     assert {"statistic": "dummy", "n": len(test)} in result.table
+
+
+def test_closure_reruns_statistics_on_the_background_with_the_full_sample_as_reference(run):
+    test, test_scores, signal, signal_scores = run
+    config = EvaluationConfig(plots=False)
+    result = evaluate(test, test_scores, signal, signal_scores, config, [DummyStatistic()], ClosureConfig())
+    n_background = int(np.sum(test.labels == 0))
+    assert result.metrics["dummy/n_events"] == len(test) and "dummy/n_reference" not in result.metrics
+    assert result.metrics["closure/dummy/n_events"] == n_background
+    assert result.metrics["closure/dummy/n_reference"] == len(test)
+    assert set(result.figures) == {"dummy.png"}  # closure figures are dropped
+    rows = [row for row in result.table if row.get("statistic") == "dummy"]
+    assert rows == [{"statistic": "dummy", "n": len(test)}]
+    for e in config.efficiencies:
+        assert 0 < result.metrics[f"closure/jsd_mjj_noise/eff_{e:g}"] < 1
+    assert result.closure.status == ("fail" if result.metrics["closure/fail"] else "pass")
+
+
+def test_closure_skips_a_statistic_without_reference_scores(run, caplog):
+    test, test_scores, signal, signal_scores = run
+
+    class Old(DummyStatistic):
+        def __call__(self, test: Events, scores: Scores) -> StatisticResult:
+            return StatisticResult(metrics={"dummy/n_events": float(len(test))})
+
+    with caplog.at_level(logging.WARNING, logger="lhcad.evaluate"):
+        result = evaluate(test, test_scores, signal, signal_scores, EvaluationConfig(plots=False), [Old()], ClosureConfig())
+    assert "dummy/n_events" in result.metrics and "closure/dummy/n_events" not in result.metrics
+    assert "takes no reference scores" in caplog.text and result.closure.status in ("pass", "fail")
 
 
 def test_search_statistic_may_not_overwrite_metrics(run):

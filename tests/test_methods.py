@@ -99,3 +99,61 @@ def test_supervised_without_signal_says_so(fixture_data):
     background_only = Events(fixture_data["qcd"])
     with pytest.raises(ValueError, match="needs signal events"):
         method.fit({"train": background_only}, FitContext())
+
+
+# ---------------------------------------------------------------------------------------------- cross-fitted TNT
+
+
+@pytest.mark.parametrize("n, k", [(10, 2), (1003, 5), (7, 7)])
+def test_crossfit_folds_are_disjoint_cover_everything_and_are_seeded(n, k):
+    from lhcad.methods.tnt import crossfit_folds
+
+    folds = crossfit_folds(n, k, seed=4)
+    sizes = np.bincount(folds, minlength=k)
+    assert len(folds) == n and sizes.sum() == n and sizes.max() - sizes.min() <= 1
+    np.testing.assert_array_equal(folds, crossfit_folds(n, k, seed=4))
+    assert n < 10 or not np.array_equal(folds, crossfit_folds(n, k, seed=5))
+
+
+def test_crossfitted_tnt_never_trains_on_the_fold_it_scores(fixture_data, monkeypatch):
+    """Each fold classifier's training rows exclude its held-out fold, and the k calibrated
+    classifiers form each jet's stage-1 tagger."""
+    import lhcad.methods.tnt as tnt_module
+
+    events = Events.concat([fixture_data["qcd"], fixture_data["signal"].take(slice(0, 400))])
+    parts = {"initial": events.take(slice(0, 2000)), "train": events.take(slice(2000, None))}
+    features = JetFeatures(["m_over_pt", "tau21", "tau32", "nconst"], jet_order="pt")
+    seen: list[np.ndarray] = []
+    real = tnt_module.train_classifier
+
+    def recording(x, y, *args, **kwargs):
+        seen.append(np.asarray(x))
+        return real(x, y, *args, **kwargs)
+
+    monkeypatch.setattr(tnt_module, "train_classifier", recording)
+    method = build_method("tnt", features, {"folds": 3, "iterations": 1, "train": {"epochs": 2},
+                                            "initial_overrides": {"train": {"epochs": 2}}})
+    method.fit(parts, FitContext(seed=2))
+    folds = tnt_module.crossfit_folds(len(parts["train"]), 3, seed=2)
+    assert len(seen) == 6  # 2 jets x 3 folds, jet 1 first
+    for i, x in enumerate(seen):
+        j, f = 1 + i // 3, i % 3
+        rows = {r.tobytes() for r in features.jet(parts["train"], j)}
+        held = {r.tobytes() for r in features.jet(parts["train"].take(folds == f), j)}
+        trained = {r.tobytes() for r in x}
+        assert trained <= rows and not trained & held
+    stage = method.stages[-1]
+    assert all(len(t.members) == 3 for t in stage.taggers.values())
+    scores = method.score(parts["initial"])
+    assert np.all((scores.jet1 >= 0) & (scores.jet1 <= 1))  # a mean of CDFs
+
+
+def test_tnt_parts_follow_folds_and_iterations():
+    features = JetFeatures(["tau21"])
+    assert build_method("tnt", features).parts == {"initial": 1.0, "train": 3.0}
+    paper = build_method("tnt", features, {"folds": None, "iterations": 3})
+    assert paper.parts == {"initial": 1.0, "iter1": 1.0, "iter2": 1.0, "iter3": 1.0}
+    with pytest.raises(ValueError, match="folds must be at least 2"):
+        build_method("tnt", features, {"folds": 1})
+    with pytest.raises(ValueError, match="parts must be"):
+        build_method("tnt", features, {"parts": {"initial": 1.0, "iter1": 1.0}})

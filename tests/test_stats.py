@@ -199,6 +199,61 @@ def test_abcd_needs_per_jet_scores(caplog):
         result = AbcdCount(efficiencies=(0.1,))(test, Scores(np.arange(100.0)))
     assert math.isnan(result.metrics["sig_abcd_obs/eff_0.1"])
     assert "per-jet" in caplog.text
+    assert math.isnan(result.metrics["abcd/valid"]) and math.isnan(result.metrics["abcd/validation_pull"])
+
+
+ABCD_EFFS = ("0.1", "0.05", "0.03", "0.01", "0.005")
+
+
+def _abcd(j1: np.ndarray, j2: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    test = Events({"mjj": np.full(len(j1), 3500.0), "label": labels})
+    return AbcdCount()(test, Scores(np.minimum(j1, j2), j1, j2)).metrics
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_abcd_with_independent_jet_scores_is_valid(seed):
+    rng = np.random.default_rng(seed)
+    n_bkg, n_sig = 30_000, 300
+    m = _abcd(rng.random(n_bkg), rng.random(n_bkg), np.zeros(n_bkg, int))  # background only
+    assert m["abcd/valid"] == 1.0
+    assert abs(m["abcd/validation_pull"]) < 2.0  # measured 0.0-1.5
+    assert abs(m["abcd/control_corr"]) < 4 * m["abcd/control_corr_unc"]
+    assert m["abcd/control_corr_unc"] == pytest.approx(1 / math.sqrt(0.49 * n_bkg), rel=0.05)
+    zs = np.array([m[f"sig_abcd_obs/eff_{e}"] for e in ABCD_EFFS])
+    assert np.all(np.isfinite(zs)) and np.all(np.abs(zs) < 3.5)  # measured |Z| <= 2.3
+    # with signal in both jets: valid and significant
+    labels = np.r_[np.zeros(n_bkg, int), np.ones(n_sig, int)]
+    j1 = np.r_[rng.normal(size=n_bkg), rng.normal(2.5, 1.0, n_sig)]
+    j2 = np.r_[rng.normal(size=n_bkg), rng.normal(2.5, 1.0, n_sig)]
+    m = _abcd(j1, j2, labels)
+    assert m["abcd/valid"] == 1.0
+    assert m["sig_abcd_obs/eff_0.01"] > 5  # measured 10.4-11.1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_abcd_with_correlated_jet_scores_is_silent(seed, caplog):
+    """A Gaussian copula with rho = 0.5 on background: ABCD would claim ~100 events over ~1 at 1%."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(seed)
+    z = rng.multivariate_normal([0.0, 0.0], [[1.0, 0.5], [0.5, 1.0]], size=20_000)
+    with caplog.at_level(logging.WARNING, logger="lhcad.stats.search"):
+        m = _abcd(norm.cdf(z[:, 0]), norm.cdf(z[:, 1]), np.zeros(len(z), int))
+    assert m["abcd/valid"] == 0.0
+    assert m["abcd/validation_pull"] > 10  # measured 27.6-29.7
+    assert m["abcd/control_corr"] > 10 * m["abcd/control_corr_unc"]  # measured 0.29 +- 0.009
+    for e in ABCD_EFFS:
+        assert all(math.isnan(m[f"{k}/eff_{e}"]) for k in ("sig_abcd_obs", "sig_abcd_exp", "sig_abcd_pl"))
+        assert math.isfinite(m[f"abcd_nobs/eff_{e}"]) and math.isfinite(m[f"abcd_npred/eff_{e}"])
+    assert m["abcd_nobs/eff_0.01"] > 20 * m["abcd_npred/eff_0.01"]  # what ABCD would have called signal
+    assert "validation-region pull" in caplog.text and "not independent" in caplog.text
+
+
+def test_abcd_validation_band_is_checked():
+    with pytest.raises(ValueError, match="validation_band"):
+        AbcdCount(validation_band=(0.3, 0.8))  # overlaps the 40% control samples
+    with pytest.raises(ValueError, match="validation_band"):
+        AbcdCount(validation_band=(0.5,))
 
 
 # ------------------------------------------------------------------------------------------- on the fixture

@@ -11,7 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 from lhcad.cli._paths import REPO_ROOT
 from lhcad.data.dataset import check_signal_frac
 
-__all__ = ["ConfigError", "register_resolvers", "split_spec", "validate"]
+__all__ = ["CLOSURE_MODES", "ConfigError", "closure_mode", "register_resolvers", "split_spec", "validate"]
+
+
+CLOSURE_MODES = ("auto", "rerun", "off")
+"""Values of the top-level ``closure`` key (see conf/config.yaml)."""
 
 
 class ConfigError(ValueError):
@@ -42,11 +46,23 @@ def validate(cfg: DictConfig) -> None:
     reserve = cfg.get("background_reserve", 0.0)
     if reserve is not None and not (isinstance(reserve, (int, float)) and not isinstance(reserve, bool) and 0 <= reserve < 1):
         raise ConfigError(f"background_reserve must be a fraction in [0, 1), got {reserve!r}")
+    closure_mode(cfg)
     holdout = dict(cfg.holdout)
     if "test" not in holdout or not 0 < float(holdout["test"]) < 1:
         raise ConfigError(f"holdout.test must be a fraction in (0, 1), got {holdout.get('test')!r}")
     if sum(float(v) for v in holdout.values()) >= 1:
         raise ConfigError(f"holdout fractions {holdout} leave no events for training")
+
+
+def closure_mode(cfg: Mapping[str, Any]) -> str:
+    """The top-level ``closure`` setting: ``auto`` (default), ``rerun`` or ``off`` (YAML's bare
+    ``off`` reads as false and counts as ``off``)."""
+    mode = cfg.get("closure", "auto")
+    if mode is False:
+        return "off"
+    if mode not in CLOSURE_MODES:
+        raise ConfigError(f"closure must be one of {', '.join(CLOSURE_MODES)}, got {mode!r}")
+    return str(mode)
 
 
 def split_spec(holdout: Mapping[str, float], parts: Mapping[str, float]) -> dict[str, float]:

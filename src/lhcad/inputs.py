@@ -27,6 +27,7 @@ _DERIVED_NEEDS = {  # stored fields behind each derived feature of lhcad.data.ev
     "tau32": ("tau2", "tau3"),
     "tau43": ("tau3", "tau4"),
     "sqrt_tau21": ("tau1", "tau2"),
+    "m_over_pt": ("m", "pt"),
 }
 
 
@@ -49,6 +50,9 @@ class InputRepresentation:
     """Base class: what all input representations share."""
 
     kind: str = "abstract"
+    #: which jet is jet 1 for a network (``lhcad.data.transforms.order_jets``): ``mass`` (as stored)
+    #: or ``pt``; the pipeline puts every sample in this order before anything else
+    jet_order: str = "mass"
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -70,23 +74,33 @@ class InputRepresentation:
         raise NotImplementedError
 
 
-class JetFeatures(InputRepresentation):
-    """Per-jet scalar features, e.g. ``m, sqrt_tau21, tau21, tau32, tau43, nconst``.
+def _check_order(jet_order: str) -> str:
+    from lhcad.data.transforms import JET_ORDERS
 
-    Names are stored jet fields (``m``, ``pt``, ``nconst``, ``tau1`` ...) or derived ratios
-    (``tau21``, ``tau32``, ``tau43``, ``sqrt_tau21``).
+    if jet_order not in JET_ORDERS:
+        raise ValueError(f"inputs.jet_order must be one of {JET_ORDERS}, got {jet_order!r}")
+    return jet_order
+
+
+class JetFeatures(InputRepresentation):
+    """Per-jet scalar features, e.g. ``m_over_pt, sqrt_tau21, tau21, tau32, tau43, nconst``.
+
+    Names are stored jet fields (``m``, ``pt``, ``nconst``, ``tau1`` ...) or derived ones
+    (``m_over_pt``, ``tau21``, ``tau32``, ``tau43``, ``sqrt_tau21``). ``jet_order`` says which jet
+    is jet 1 (``pt``: the harder one; ``mass``: the heavier one, as stored).
     """
 
     kind = "dense"
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], jet_order: str = "mass") -> None:
         names = list(names)
         if not names:
             raise ValueError("JetFeatures needs at least one feature name")
         self.names = names
+        self.jet_order = _check_order(jet_order)
 
     def __repr__(self) -> str:
-        return f"JetFeatures({self.names})"
+        return f"JetFeatures({self.names}, jet_order={self.jet_order!r})"
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -114,11 +128,12 @@ class JetImages(InputRepresentation):
 
     kind = "image"
 
-    def __init__(self, npix: int = 40) -> None:
+    def __init__(self, npix: int = 40, jet_order: str = "mass") -> None:
         self.npix = int(npix)
+        self.jet_order = _check_order(jet_order)
 
     def __repr__(self) -> str:
-        return f"JetImages(npix={self.npix})"
+        return f"JetImages(npix={self.npix}, jet_order={self.jet_order!r})"
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -166,12 +181,19 @@ _DIJET_FEATURES = {  # name -> (stored columns read, function of the events); ma
 }
 
 
+def _by_mass(v1: np.ndarray, v2: np.ndarray, events: Mapping[str, np.ndarray], j: int) -> np.ndarray:
+    """Jet ``j``'s values with jet 1 = the heavier jet, whatever the order of the stored columns."""
+    heavier_first = np.asarray(events["j1_m"]) >= np.asarray(events["j2_m"])
+    return np.where(heavier_first, v1, v2) if j == 1 else np.where(heavier_first, v2, v1)
+
+
 class DijetFeatures(InputRepresentation):
     """Event-level features of the dijet system, the inputs of paper 003's classifiers.
 
     Names are ``mj_lighter``, ``mj_heavier``, ``mj_diff`` (heavier minus lighter jet mass), ``mjj``,
     and ``<jet feature>_j1`` / ``<jet feature>_j2`` for any per-jet feature of
-    :class:`JetFeatures` (e.g. ``tau21_j1``; jet 1 is the heavier jet). Masses and momenta are in
+    :class:`JetFeatures` (e.g. ``tau21_j1``; jet 1 is always the heavier jet here, also when the
+    events are in pT order, see :func:`lhcad.data.transforms.order_jets`). Masses and momenta are in
     TeV, as in the paper's code. The default is paper 003's list
     ``[mj_lighter, mj_diff, tau21_j1, tau21_j2]``.
     """
@@ -213,8 +235,8 @@ class DijetFeatures(InputRepresentation):
             if parsed is None:
                 out |= dict.fromkeys(_DIJET_FEATURES[name][0])
             else:
-                base, j = parsed
-                out |= dict.fromkeys(f"j{j}_{f}" for f in _DERIVED_NEEDS.get(base, (base,)))
+                base, _ = parsed  # both jets: which one is the heavier is decided per event
+                out |= dict.fromkeys(f"j{k}_{f}" for k in (1, 2) for f in ("m", *_DERIVED_NEEDS.get(base, (base,))))
         return tuple(out)
 
     @property
@@ -236,7 +258,7 @@ class DijetFeatures(InputRepresentation):
                 out[:, i] = _DIJET_FEATURES[name][1](events)
             else:
                 base, j = parsed
-                values = jet_features(events, j, [base])[:, 0]
+                values = _by_mass(jet_features(events, 1, [base])[:, 0], jet_features(events, 2, [base])[:, 0], events, j)
                 out[:, i] = values / _GEV_PER_TEV if base in _ENERGY_FIELDS else values
         return _check_finite(out, "event inputs", self.names)
 

@@ -6,6 +6,7 @@ compares across methods is computed here identically for every method.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -16,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lhcad.config import ConfigError, build, dataset_root, split_spec, validate
+from lhcad.config import ConfigError, build, closure_mode, dataset_root, split_spec, validate
 from lhcad.data.dataset import draw_sample, load_dataset, split
 from lhcad.data.events import Events
 from lhcad.data.storage import DatasetError, load_manifest
-from lhcad.data.transforms import correlate_mass
-from lhcad.evaluate import EvaluationConfig, auc, evaluate
+from lhcad.data.transforms import correlate_mass, order_jets
+from lhcad.evaluate import ClosureConfig, EvaluationConfig, auc, evaluate
 from lhcad.methods.base import SPARE_BACKGROUND, FitContext, Scores
 
 log = logging.getLogger("lhcad")
@@ -33,12 +34,14 @@ __all__ = ["Outcome", "RunResult", "apply_transforms", "prepare_dataset", "run",
 
 @dataclass
 class RunResult:
-    """What a finished run returns: its metrics, MLflow run id and the objective for sweeps."""
+    """What a finished run returns: its metrics, MLflow run id and the objective for sweeps
+    (``closure_run_id``: the sibling ``signal_frac=0`` run of ``closure=rerun``)."""
 
     metrics: dict[str, float]
     run_id: str | None
     objective: float | None
     summary: list[str] = field(default_factory=list)
+    closure_run_id: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -136,6 +139,14 @@ def _eval_config(selection: Mapping[str, Any], search: Mapping[str, Any] | None 
     )
 
 
+def _closure_config(cfg: DictConfig) -> ClosureConfig | None:
+    """The closure thresholds of ``search.closure``; None with ``closure=off``."""
+    if closure_mode(cfg) == "off":
+        return None
+    settings = cfg.search.get("closure") or {}
+    return ClosureConfig(**OmegaConf.to_container(settings, resolve=True)) if settings else ClosureConfig()
+
+
 def _stage_metrics(method: Any, test: Events, signal: Events) -> list[dict[str, float]]:
     """AUCs of every stage of an iterative method (TNT), stage 0 = its initial tagger."""
     if not hasattr(method, "score_stages"):
@@ -177,12 +188,15 @@ def _draw(
     return parts, test, val, draw.unused_signal, spare
 
 
-def apply_transforms(data: Mapping[str, Events], transform: Mapping[str, Any] | None) -> dict[str, Events]:
-    """The configured event transforms applied to every sample (``transform.alpha``: paper 003's
-    m_j -> m_j + alpha * m_jj correlation test; 0 leaves the events unchanged)."""
+def apply_transforms(
+    data: Mapping[str, Events], transform: Mapping[str, Any] | None, jet_order: str = "mass"
+) -> dict[str, Events]:
+    """The configured event transforms applied to every sample: ``transform.alpha`` (paper 003's
+    m_j -> m_j + alpha * m_jj correlation test; 0 leaves the events unchanged), then the inputs'
+    ``jet_order`` (which jet is jet 1 for every method and metric, see ``order_jets``)."""
     alpha = float((transform or {}).get("alpha", 0.0) or 0.0)
     try:
-        return {name: correlate_mass(events, alpha) for name, events in data.items()}
+        return {name: order_jets(correlate_mass(events, alpha), jet_order) for name, events in data.items()}
     except ValueError as err:
         raise ConfigError(f"transform.alpha: {err}") from None
 
@@ -252,7 +266,7 @@ def train_and_evaluate(
     samples = ("qcd", "signal", *(s for s in extra if s != SPARE_BACKGROUND))
     needs_images = getattr(inputs, "kind", "") == "image"
     root = prepare_dataset(cfg.data, samples, images=needs_images, progress=bool(cfg.progress))
-    data = apply_transforms(load_dataset(root, samples), cfg.get("transform"))
+    data = apply_transforms(load_dataset(root, samples), cfg.get("transform"), getattr(inputs, "jet_order", "mass"))
     set_tags({"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device})
 
     rng = np.random.default_rng(int(cfg.seed))
@@ -281,7 +295,11 @@ def train_and_evaluate(
     test_scores = method.score(test)
     signal_scores = method.score(unused_signal)
     statistics = [build(s) for s in cfg.search.get("statistics", [])]
-    evaluation = evaluate(test, test_scores, unused_signal, signal_scores, _eval_config(cfg.selection, cfg.search), statistics)
+    evaluation = evaluate(
+        test, test_scores, unused_signal, signal_scores, _eval_config(cfg.selection, cfg.search), statistics,
+        closure=_closure_config(cfg),
+    )  # fmt: skip
+    set_tags({"closure": evaluation.closure.status if evaluation.closure is not None else "off"})
     metrics = dict(evaluation.metrics)
     if hasattr(method, "extra_metrics"):  # method-specific metrics (e.g. nuisance-class AUCs)
         metrics |= method.extra_metrics(test, test_scores, unused_signal, signal_scores)
@@ -298,16 +316,49 @@ def train_and_evaluate(
 
 
 def run(cfg: DictConfig) -> RunResult:
-    """Train and evaluate one method as configured; log everything to MLflow."""
+    """Train and evaluate one method as configured; log everything to MLflow.
+
+    With ``closure=rerun`` the same config then runs again at ``signal_frac=0`` as a sibling run
+    ``<run name>-closure`` (tag ``closure_of`` = this run's id, same multirun parent); a failure
+    there is logged and marks only that run FAILED.
+    """
+    result = _run(cfg)
+    if closure_mode(cfg) != "rerun":
+        return result
+    if float(cfg.signal_frac) == 0:
+        log.info("closure rerun skipped: signal_frac is already 0, the run is its own closure")
+        return result
+    rerun = copy.deepcopy(cfg)
+    with open_dict(rerun):
+        rerun.signal_frac = 0.0
+        rerun.closure = "auto"
+        rerun.tracking.run_name = f"{_run_name(cfg)}-closure"
+    log.info("closure rerun: the same config at signal_frac=0 as run %s", rerun.tracking.run_name)
+    try:
+        sibling = _run(rerun, extra_tags={"closure_of": result.run_id})
+    except Exception as err:  # noqa: BLE001 - the main run stands; the sibling is marked FAILED
+        log.error("closure rerun at signal_frac=0 failed: %s", err)
+        return result
+    result.closure_run_id = sibling.run_id
+    return result
+
+
+def _run_name(cfg: DictConfig) -> str:
+    return cfg.tracking.get("run_name") or f"{_method_name(cfg)}-f{cfg.signal_frac:g}-s{cfg.seed}"
+
+
+def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunResult:
+    """One run logged to MLflow (see :func:`run`)."""
     from lhcad.tracking import RunTracker, ensure_store, git_commit, parent_run_id_for_job, ui_command
 
     validate(cfg)
     name = _method_name(cfg)
-    run_name = cfg.tracking.get("run_name") or f"{name}-f{cfg.signal_frac:g}-s{cfg.seed}"
+    run_name = _run_name(cfg)
     mlruns = Path(str(cfg.tracking.mlruns_dir))
     ensure_store(mlruns, str(cfg.tracking.experiment))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {"method": name, "signal_frac": f"{cfg.signal_frac:g}", "seed": str(cfg.seed), "data": str(cfg.data.name)}
+    tags |= dict(extra_tags or {})
     alpha = float(cfg.get("transform", {}).get("alpha", 0.0) or 0.0)
     if alpha:
         tags["alpha"] = f"{alpha:g}"

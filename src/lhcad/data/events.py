@@ -169,16 +169,18 @@ DERIVED_JET_FEATURES: dict[str, Any] = {
     "tau32": _tau_ratio("tau3", "tau2"),
     "tau43": _tau_ratio("tau4", "tau3"),
     "sqrt_tau21": lambda col: safe_ratio(np.sqrt(np.asarray(col("tau2"), np.float64)), col("tau1")),
+    "m_over_pt": lambda col: safe_ratio(col("m"), col("pt")),
 }
 """Per-jet features computed from stored columns: name -> f(column getter) (ratios are 0 where the
-denominator is 0)."""
+denominator is 0). ``m_over_pt`` is the dimensionless jet mass m/pT (scale-free)."""
 
 
 def jet_features(events: Mapping[str, np.ndarray], j: int, names: Sequence[str]) -> np.ndarray:
     """Per-jet features of jet ``j`` stacked into an ``(n, len(names))`` float32 matrix.
 
     ``names`` are stored per-jet fields (``m``, ``pt``, ``nconst``, ``tau1`` ... read from ``j{j}_<name>``)
-    or derived ones: ``tau21 = tau2/tau1``, ``tau32``, ``tau43``, ``sqrt_tau21 = sqrt(tau2)/tau1``.
+    or derived ones: ``tau21 = tau2/tau1``, ``tau32``, ``tau43``, ``sqrt_tau21 = sqrt(tau2)/tau1``,
+    ``m_over_pt = m/pT``.
     """
     if j not in (1, 2):
         raise ValueError(f"jet index must be 1 or 2, got {j!r}")

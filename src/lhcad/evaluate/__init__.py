@@ -10,11 +10,22 @@ The entry point is :func:`evaluate`; search statistics (bump hunt, ABCD, ...) pl
 
 from lhcad.evaluate.metrics import RocCurve, auc, max_sic, pearson, rejection_at, roc_curve, sic_curve
 from lhcad.evaluate.plots import hep_style, plot_jet_scores, plot_mjj_selections, plot_roc, plot_sic
-from lhcad.evaluate.report import Evaluation, EvaluationConfig, SearchStatistic, StatisticResult, evaluate
+from lhcad.evaluate.report import (
+    Closure,
+    ClosureConfig,
+    Evaluation,
+    EvaluationConfig,
+    SearchStatistic,
+    StatisticResult,
+    evaluate,
+    has_truth_labels,
+)
 from lhcad.evaluate.sculpting import jsd, mass_sculpting
 from lhcad.evaluate.selection import n_kept, select_efficiency, threshold_at_efficiency
 
 __all__ = [
+    "Closure",
+    "ClosureConfig",
     "Evaluation",
     "EvaluationConfig",
     "RocCurve",
@@ -22,6 +33,7 @@ __all__ = [
     "StatisticResult",
     "auc",
     "evaluate",
+    "has_truth_labels",
     "hep_style",
     "jsd",
     "mass_sculpting",

@@ -20,13 +20,19 @@ Two samples enter, with different roles:
   the (possibly tiny or zero) amount of injected signal.
 
 Search statistics (bump hunt, ABCD ...) plug in through :class:`SearchStatistic`.
+
+Closure (``closure=ClosureConfig()``): on labelled events every statistic is evaluated again on the
+test background alone, at the score thresholds of the full test sample (``closure/*`` metrics), and
+the run is flagged when a significance appears without signal or the selection sculpts the
+background m_jj beyond its statistical noise (:class:`Closure`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,11 +42,20 @@ from matplotlib.figure import Figure
 from lhcad.data.events import Events
 from lhcad.evaluate import metrics as m
 from lhcad.evaluate.plots import plot_jet_scores, plot_mjj_selections, plot_roc, plot_sic
-from lhcad.evaluate.sculpting import mass_sculpting
+from lhcad.evaluate.sculpting import jsd, mass_sculpting
 from lhcad.evaluate.selection import select_efficiency
 from lhcad.methods.base import Scores
 
-__all__ = ["Evaluation", "EvaluationConfig", "SearchStatistic", "StatisticResult", "evaluate"]
+__all__ = [
+    "Closure",
+    "ClosureConfig",
+    "Evaluation",
+    "EvaluationConfig",
+    "SearchStatistic",
+    "StatisticResult",
+    "evaluate",
+    "has_truth_labels",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -124,17 +139,85 @@ class SearchStatistic(Protocol):
         class BumpHunt:
             name = "bump_hunt"
 
-            def __call__(self, test: Events, scores: Scores) -> StatisticResult:
+            def __call__(self, test: Events, scores: Scores, reference: Scores | None = None) -> StatisticResult:
                 ...  # cut on scores.event, fit the mjj spectrum of test, ...
                 return StatisticResult(metrics={"bump_hunt/significance": z}, figures={"bump_hunt.png": fig})
 
     ``test`` is the test sample as injected (its ``label`` column is truth, for checks only) and
-    ``scores`` its scores; the statistic must not modify either.
+    ``scores`` its scores; the statistic must not modify either. With ``reference`` (the closure
+    pass: ``test`` is then the test background alone and ``reference`` the full test sample's
+    scores) each selection must use the score threshold that keeps its efficiency of
+    ``reference`` (see :func:`lhcad.stats.select_at_efficiency`), and no figures are wanted.
+    Significances are metrics named ``sig_*``: the closure verdict reads those.
     """
 
     name: str
 
-    def __call__(self, test: Events, scores: Scores) -> StatisticResult: ...
+    def __call__(self, test: Events, scores: Scores, reference: Scores | None = None) -> StatisticResult: ...
+
+
+# ------------------------------------------------------------------------------------------------- closure
+
+
+@dataclass
+class ClosureConfig:
+    """Thresholds of the background-only closure (``search.closure`` in the config).
+
+    Attributes:
+        max_z: a closure significance (``closure/sig_*``) above this fails the run.
+        max_jsd: floor of the m_jj sculpting limit: ``jsd_mjj/eff_E`` fails the run above
+            ``max(max_jsd, jsd_noise_factor * closure/jsd_mjj_noise/eff_E)``.
+        jsd_noise_factor: multiple of the JSD of random selections (same number of background
+            events) that a selection may reach before it counts as sculpting.
+        jsd_noise_trials: random selections averaged for the noise.
+        seed: seed of the random selections (fixed: the same scores give the same verdict).
+    """
+
+    max_z: float = 3.0
+    max_jsd: float = 0.05
+    jsd_noise_factor: float = 2.0
+    jsd_noise_trials: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_z", "max_jsd", "jsd_noise_factor"):
+            value = float(getattr(self, name))
+            if not value >= 0:
+                raise ValueError(f"ClosureConfig.{name} must be a number >= 0, got {getattr(self, name)!r}")
+            setattr(self, name, value)
+        if int(self.jsd_noise_trials) < 1:
+            raise ValueError(f"ClosureConfig.jsd_noise_trials must be >= 1, got {self.jsd_noise_trials}")
+        self.jsd_noise_trials, self.seed = int(self.jsd_noise_trials), int(self.seed)
+
+
+@dataclass
+class Closure:
+    """Verdict of the background-only closure.
+
+    Attributes:
+        status: ``"pass"``, ``"fail"`` or ``"skipped"`` (no truth labels or no background).
+        failures: what failed, e.g. ``"sig_bumphunt/eff_0.01 = 3.4 > 3"``.
+        reason: why the closure was skipped.
+    """
+
+    status: str
+    failures: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def message(self) -> str:
+        """One line for the run summary (``WARNING: closure failed: ...`` when it failed)."""
+        if self.status == "fail":
+            return "WARNING: closure failed: " + "; ".join(self.failures)
+        return f"closure {self.status}" + (f": {self.reason}" if self.reason else "")
+
+
+def has_truth_labels(events: Events) -> bool:
+    """Whether the events carry truth labels: a ``label`` column holding only 0 and 1."""
+    if "label" not in events:
+        return False
+    labels = np.asarray(events.labels, dtype=np.float64)
+    return bool(np.all((labels == 0) | (labels == 1)))
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -151,6 +234,7 @@ class Evaluation:
         curves: ``eps_s``, ``eps_b``, ``thresholds`` and ``sic`` arrays of the ROC curve (for ``np.savez``).
         table: summary rows: one per selection efficiency, then the statistics' rows.
         config: the configuration used.
+        closure: the background-only closure verdict (None when it was not asked for).
     """
 
     metrics: dict[str, float]
@@ -158,6 +242,7 @@ class Evaluation:
     curves: dict[str, np.ndarray] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)
     config: EvaluationConfig = field(default_factory=EvaluationConfig)
+    closure: Closure | None = None
 
     def summary_lines(self) -> list[str]:
         """A short human-readable table of the main metrics, one line each."""
@@ -196,8 +281,33 @@ class Evaluation:
                 for k, v in rest.items()
             )
             rows.append((f"{row['statistic']} @ {eff}", values))
+        if self.closure is not None:
+            rows += self._closure_rows()
         width = max(len(name) for name, _ in rows)
-        return [f"{name:<{width}}  {value}" for name, value in rows]
+        lines = [f"{name:<{width}}  {value}" for name, value in rows]
+        if self.closure is not None:
+            lines.append(self.closure.message)
+        return lines
+
+    def _closure_rows(self) -> list[tuple[str, str]]:
+        """Compact closure rows: the largest closure significance of each statistic, the JSD limits."""
+        if self.closure is None or self.closure.status == "skipped":
+            return []
+        nan = float("nan")
+        largest: dict[str, tuple[float, str]] = {}
+        for key, value in self.metrics.items():
+            name, _, where = key.removeprefix("closure/sig_").partition("/")
+            # the expected significances count true signal: 0 on background by construction
+            if key.startswith("closure/sig_") and math.isfinite(value) and not name.endswith("_exp"):
+                if value > largest.get(name, (-math.inf, ""))[0]:
+                    largest[name] = (value, where)
+        zs = "  ".join(f"{n}={_fmt(z)} @ {w}" for n, (z, w) in largest.items())
+        rows = [("closure: max Z on background", zs or "NaN")]
+        for e in self.config.efficiencies:
+            value = self.metrics.get(f"jsd_mjj/eff_{e:g}", nan)
+            noise = self.metrics.get(f"closure/jsd_mjj_noise/eff_{e:g}", nan)
+            rows.append((f"closure: JSD(mjj) @ eff={e:g}", f"{_fmt(value)}  (noise {_fmt(noise)})"))
+        return rows
 
 
 def _fmt(value: float) -> str:
@@ -218,6 +328,7 @@ def evaluate(
     signal_scores: Scores,
     config: EvaluationConfig | None = None,
     statistics: Sequence[SearchStatistic] = (),
+    closure: ClosureConfig | None = None,
 ) -> Evaluation:
     """Evaluate a method's scores the same way for every method.
 
@@ -228,6 +339,7 @@ def evaluate(
         signal_scores: scores of ``signal``.
         config: evaluation settings (default :class:`EvaluationConfig`).
         statistics: search statistics to run on ``(test, test_scores)``, see :class:`SearchStatistic`.
+        closure: run the background-only closure with these thresholds (None: no closure).
 
     Returns:
         An :class:`Evaluation` whose ``metrics`` has the keys (``E`` = each of
@@ -245,7 +357,13 @@ def evaluate(
           the top fraction E of the test sample and the JSD between its background mjj histograms
           before and after;
         * ``n_test``, ``n_test_signal``;
-        * the statistics' own keys.
+        * the statistics' own keys;
+        * with ``closure`` and truth labels: ``closure/<key>`` for every statistic key, evaluated on
+          the test background alone at the full sample's score thresholds;
+          ``closure/jsd_mjj_noise/eff_E`` (mean JSD of random selections of as many background
+          events as ``jsd_mjj/eff_E`` selected); ``closure/fail`` (1 when a closure significance
+          exceeds ``closure.max_z`` or a JSD its limit, see :class:`ClosureConfig`; the verdict is
+          :attr:`Evaluation.closure`).
 
         Metrics that cannot be computed (no held-out signal, no background, too few background
         events for the SIC, ...) are NaN, with the reason logged.
@@ -256,7 +374,7 @@ def evaluate(
     config = config if config is not None else EvaluationConfig()
     _check_scores(test, test_scores, "test")
     _check_scores(signal, signal_scores, "signal")
-    labels = np.asarray(test.labels)
+    labels = np.asarray(test.labels) if "label" in test else np.full(len(test), -1)
     background = labels == 0
     if "label" in signal and np.any(np.asarray(signal.labels) != 1):
         logger.warning(
@@ -324,7 +442,81 @@ def evaluate(
     evaluation = Evaluation(metrics=metrics, figures=figures, curves=curves, table=table, config=config)
     for statistic in statistics:
         _merge(evaluation, statistic.name, statistic(test, test_scores))
+    if closure is not None:
+        evaluation.closure = _closure(evaluation, test, test_scores, statistics, closure)
     return evaluation
+
+
+def _closure(
+    evaluation: Evaluation,
+    test: Events,
+    test_scores: Scores,
+    statistics: Sequence[SearchStatistic],
+    closure: ClosureConfig,
+) -> Closure:
+    """The background-only closure: adds ``closure/*`` metrics to ``evaluation`` and returns the verdict."""
+    reason = ""
+    if not has_truth_labels(test):
+        reason = "the events carry no truth labels"
+    elif not np.any(np.asarray(test.labels) == 0):
+        reason = "the test sample holds no background"
+    if reason:
+        logger.warning("closure skipped: %s", reason)
+        return Closure("skipped", reason=reason)
+    background = np.asarray(test.labels) == 0
+    per_score = (test_scores.event, test_scores.jet1, test_scores.jet2)
+    bkg_scores = Scores(*(None if v is None else v[background] for v in per_score))
+    bkg = test.take(background)
+    for statistic in statistics:
+        if "reference" not in inspect.signature(statistic).parameters:
+            logger.warning("closure: search statistic '%s' takes no reference scores; skipped", statistic.name)
+            continue
+        result = statistic(bkg, bkg_scores, reference=test_scores)
+        result = StatisticResult(metrics={f"closure/{k}": v for k, v in result.metrics.items()})
+        _merge(evaluation, statistic.name, result)
+    config, metrics = evaluation.config, evaluation.metrics
+    mjj = np.asarray(bkg["mjj"], dtype=np.float64)
+    rng = np.random.default_rng(closure.seed)
+    for e in config.efficiencies:
+        n_bkg = int(metrics[f"n_selected/eff_{e:g}"] - metrics[f"n_selected_signal/eff_{e:g}"])
+        noise = _jsd_noise(mjj, n_bkg, config, closure.jsd_noise_trials, rng)
+        metrics[f"closure/jsd_mjj_noise/eff_{e:g}"] = noise
+    failures = _closure_failures(metrics, config.efficiencies, closure)
+    metrics["closure/fail"] = float(bool(failures))
+    verdict = Closure("fail" if failures else "pass", failures)
+    if failures:
+        logger.warning("%s", verdict.message)
+    else:
+        logger.info("closure passed: no significance above %g, no m_jj sculpting of the background", closure.max_z)
+    return verdict
+
+
+def _jsd_noise(
+    mjj: np.ndarray, n: int, config: EvaluationConfig, trials: int, rng: np.random.Generator
+) -> float:
+    """Mean JSD between ``mjj`` and random subsets of ``n`` of its events (NaN for an empty subset)."""
+    if n <= 0 or len(mjj) == 0:
+        return float("nan")
+    n = min(n, len(mjj))
+    subsets = (mjj[rng.choice(len(mjj), size=n, replace=False)] for _ in range(trials))
+    return float(np.mean([jsd(mjj, subset, config.mjj_bins, config.mjj_range) for subset in subsets]))
+
+
+def _closure_failures(
+    metrics: Mapping[str, float], efficiencies: Sequence[float], closure: ClosureConfig
+) -> list[str]:
+    """What fails the closure: significances above ``max_z``, JSDs above their limit."""
+    failures = [
+        f"{key.removeprefix('closure/')} = {value:.3g} > {closure.max_z:g}"
+        for key, value in metrics.items()
+        if key.startswith("closure/sig_") and math.isfinite(value) and value > closure.max_z
+    ]
+    for e in efficiencies:
+        value, noise = metrics[f"jsd_mjj/eff_{e:g}"], metrics[f"closure/jsd_mjj_noise/eff_{e:g}"]
+        limit = max(closure.max_jsd, closure.jsd_noise_factor * noise if math.isfinite(noise) else 0.0)
+        if math.isfinite(value) and value > limit:
+            failures.append(f"jsd_mjj/eff_{e:g} = {value:.3g} > {limit:.3g} (random selections: {noise:.3g})")
+    return failures
 
 
 def _signal_region_metrics(

@@ -12,7 +12,14 @@ The ``SearchStatistic`` classes (:class:`DijetBumpHunt`, :class:`CubicGaussianBu
 :class:`AbcdCount`) are listed in ``conf/search/default.yaml`` and run in every training run.
 """
 
-from lhcad.stats.abcd import AbcdEstimate, abcd_estimate, jet_cuts_at_efficiency
+from lhcad.stats.abcd import (
+    AbcdEstimate,
+    AbcdValidation,
+    abcd_estimate,
+    abcd_validation,
+    jet_cuts_at_efficiency,
+    jet_thresholds_at_efficiency,
+)
 from lhcad.stats.fits import (
     SQRT_S,
     BinnedFit,
@@ -23,7 +30,7 @@ from lhcad.stats.fits import (
     gaussian_bin_fractions,
     poisson_deviance,
 )
-from lhcad.stats.search import AbcdCount, CubicGaussianBumpHunt, DijetBumpHunt
+from lhcad.stats.search import AbcdCount, CubicGaussianBumpHunt, DijetBumpHunt, select_at_efficiency
 from lhcad.stats.significance import (
     abcd_significance,
     asimov_z,
@@ -36,11 +43,13 @@ __all__ = [
     "SQRT_S",
     "AbcdCount",
     "AbcdEstimate",
+    "AbcdValidation",
     "BinnedFit",
     "CubicGaussianBumpHunt",
     "DijetBumpHunt",
     "abcd_estimate",
     "abcd_significance",
+    "abcd_validation",
     "asimov_z",
     "dijet_function",
     "dijet_prediction",
@@ -48,8 +57,10 @@ __all__ = [
     "fit_dijet",
     "gaussian_bin_fractions",
     "jet_cuts_at_efficiency",
+    "jet_thresholds_at_efficiency",
     "likelihood_ratio_z",
     "poisson_deviance",
     "profile_likelihood_q0",
     "profile_likelihood_z",
+    "select_at_efficiency",
 ]

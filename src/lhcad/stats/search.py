@@ -10,7 +10,13 @@ fraction ``e`` of events by anomaly score (key ``eff_<e:g>``):
 * :class:`AbcdCount` (``sig_abcd_obs/...``, ``sig_abcd_exp/...``): ABCD cut-and-count for per-jet
   scores (paper 001, eq. 4.1).
 
-A fit that fails or a statistic that does not apply gives NaN metrics and a logged reason.
+Called with ``reference`` (the background-only closure of :func:`lhcad.evaluate.evaluate`), a
+statistic cuts at the score thresholds that keep each efficiency of ``reference`` instead of
+re-selecting the top fraction of the sample it gets (:func:`select_at_efficiency`), and makes no
+figures.
+
+A fit that fails or a statistic that does not apply gives NaN metrics and a logged reason; so does
+ABCD when its truth-free validation region shows that the two jet scores are not independent.
 Truth labels are used only for the reported true signal counts and the expected ABCD significance.
 """
 
@@ -27,13 +33,13 @@ from matplotlib.figure import Figure
 
 from lhcad.data.events import Events
 from lhcad.evaluate.report import StatisticResult
-from lhcad.evaluate.selection import select_efficiency
+from lhcad.evaluate.selection import n_kept, select_efficiency, threshold_at_efficiency
 from lhcad.methods.base import Scores
-from lhcad.stats.abcd import abcd_estimate, jet_cuts_at_efficiency
+from lhcad.stats.abcd import abcd_estimate, abcd_validation, jet_cuts_at_efficiency
 from lhcad.stats.fits import BinnedFit, dijet_prediction, fit_cubic_gaussian, fit_dijet
 from lhcad.stats.significance import abcd_significance, likelihood_ratio_z, profile_likelihood_z
 
-__all__ = ["AbcdCount", "CubicGaussianBumpHunt", "DijetBumpHunt"]
+__all__ = ["AbcdCount", "CubicGaussianBumpHunt", "DijetBumpHunt", "select_at_efficiency"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +61,48 @@ def _check_efficiencies(values: Sequence[float]) -> tuple[float, ...]:
     return out
 
 
+def select_at_efficiency(
+    scores: np.ndarray, efficiency: float, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """Mask of the events passing the score cut that keeps ``efficiency`` of ``reference``.
+
+    The cut is the lowest score ``t`` that :func:`~lhcad.evaluate.select_efficiency` keeps on
+    ``reference``; where that selection keeps only part of the reference events tied at ``t``, the
+    same fraction of the events at ``t`` is kept here, earliest first. Without ``reference`` (or
+    with ``scores`` as their own reference) this is exactly ``select_efficiency(scores, efficiency)``.
+    """
+    if reference is None:
+        return select_efficiency(scores, efficiency)
+    s, ref = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
+    t = threshold_at_efficiency(ref, efficiency)
+    if math.isnan(t):
+        return np.zeros(len(s), bool)
+    tied_fraction = (n_kept(len(ref), efficiency) - int(np.sum(ref > t))) / int(np.sum(ref == t))
+    mask = s > t
+    tied = np.flatnonzero(s == t)
+    mask[tied[: round(tied_fraction * len(tied))]] = True
+    return mask
+
+
 def _selections(
-    scores: Scores, efficiencies: Sequence[float], with_none: bool
+    scores: Scores, efficiencies: Sequence[float], with_none: bool, reference: Scores | None = None
 ) -> Iterator[tuple[str, float, np.ndarray]]:
-    """(key, efficiency, mask): no selection (``none``, efficiency 1) first if ``with_none``."""
+    """(key, efficiency, mask): no selection (``none``, efficiency 1) first if ``with_none``; the cuts
+    keep each efficiency of ``reference`` when given (:func:`select_at_efficiency`)."""
     if with_none:
         yield "none", 1.0, np.ones(len(scores.event), bool)
+    ref = reference.event if reference is not None else None
     for e in efficiencies:
-        yield f"eff_{e:g}", e, select_efficiency(scores.event, e)
+        yield f"eff_{e:g}", e, select_at_efficiency(scores.event, e, ref)
+
+
+def _labels(test: Events) -> np.ndarray:
+    """Truth labels, or -1 (unknown) for events that carry none."""
+    return np.asarray(test.labels) if "label" in test else np.full(len(test), -1)
+
+
+def _closure_note(reference: Scores | None) -> str:
+    return " (background-only closure)" if reference is not None else ""
 
 
 def _edges(fit_range: Sequence[float], bins: int) -> np.ndarray:
@@ -94,19 +134,20 @@ class _BumpHunt:
     def _histogram(self, mjj: np.ndarray) -> np.ndarray:
         return np.histogram(mjj, bins=self.edges)[0].astype(np.float64)
 
-    def __call__(self, test: Events, scores: Scores) -> StatisticResult:
+    def __call__(self, test: Events, scores: Scores, reference: Scores | None = None) -> StatisticResult:
         mjj = np.asarray(test["mjj"], dtype=np.float64)
-        labels = np.asarray(test.labels)
+        labels = _labels(test)
         result = StatisticResult()
-        for key, e, sel in _selections(scores, self.efficiencies, with_none=True):
+        note = _closure_note(reference)
+        for key, e, sel in _selections(scores, self.efficiencies, with_none=True, reference=reference):
             metrics, fit, text = self._evaluate(mjj[sel], labels[sel])
             if not fit.valid:
-                logger.warning("%s @ %s: fit failed (%s); significance NaN", self.name, key, fit.message)
+                logger.warning("%s @ %s%s: fit failed (%s); significance NaN", self.name, key, note, fit.message)
             elif fit.message:
-                logger.warning("%s @ %s: %s; uncertainties are NaN", self.name, key, fit.message)
+                logger.warning("%s @ %s%s: %s; uncertainties are NaN", self.name, key, note, fit.message)
             result.metrics |= {f"{name}/{key}": value for name, value in metrics.items()}
             result.table.append({"efficiency": key if key == "none" else e, **metrics})
-            if self.plots:
+            if self.plots and reference is None:
                 result.figures[f"{self.name}/{key}.png"] = self._plot(fit, key, text)
         return result
 
@@ -251,35 +292,87 @@ class AbcdCount:
     ``sig_abcd_exp/K`` (eq. 4.1; the expected one uses the true signal count), ``sig_abcd_pl/K``
     (profile-likelihood Z of the same count), ``abcd_nobs/K``, ``abcd_npred/K``,
     ``abcd_npred_unc/K``, ``abcd_nbkg_true/K`` (truth, for closure).
+
+    ABCD assumes the two jet scores are independent on background. Every call checks that without
+    truth (:func:`lhcad.stats.abcd.abcd_validation`): the prediction for both jets in the quantile
+    ``validation_band`` of their own scores is compared with the observed count. When
+    ``|pull| > max_validation_pull`` every ``sig_abcd_*`` is NaN (with a logged warning); the
+    counts are still reported. Metrics ``abcd/validation_pull``, ``abcd/validation_obs``,
+    ``abcd/validation_pred``, ``abcd/validation_pred_unc``, ``abcd/control_corr`` and
+    ``abcd/control_corr_unc`` (Spearman correlation of the jet scores where both are below their
+    0.7 quantile) and ``abcd/valid`` (1 or 0).
     """
 
     efficiencies: Sequence[float] = DEFAULT_EFFICIENCIES
     control_fraction: float = 0.4
     systematic: float = 0.03
+    max_validation_pull: float = 2.0
+    validation_band: Sequence[float] = (0.5, 0.9)
     name: str = "abcd"
 
     def __post_init__(self) -> None:
         self.efficiencies = _check_efficiencies(self.efficiencies)
+        band = tuple(float(v) for v in self.validation_band)
+        if len(band) != 2 or not self.control_fraction <= band[0] < band[1] <= 1.0:
+            raise ValueError(
+                f"validation_band must be [low, high] with control_fraction <= low < high <= 1, got {band}"
+            )
+        self.validation_band = band
+        if not self.max_validation_pull > 0:
+            raise ValueError(f"max_validation_pull must be positive, got {self.max_validation_pull}")
 
-    def __call__(self, test: Events, scores: Scores) -> StatisticResult:
+    def __call__(self, test: Events, scores: Scores, reference: Scores | None = None) -> StatisticResult:
         result = StatisticResult()
-        if not scores.per_jet:
+        per_jet = scores.per_jet and (reference is None or reference.per_jet)
+        if not per_jet:
             logger.warning("%s: the method gives no per-jet scores; ABCD significances are NaN", self.name)
-        labels = np.asarray(test.labels)
+            result.metrics |= dict.fromkeys(_VALIDATION_KEYS, NAN)
+        else:
+            result.metrics |= self._validate(scores, reference)
+        valid = result.metrics["abcd/valid"] == 1.0
+        labels = _labels(test)
         for key, e, _ in _selections(scores, self.efficiencies, with_none=False):
-            metrics = self._evaluate(scores, labels, e) if scores.per_jet else dict.fromkeys(_ABCD_KEYS, NAN)
+            if per_jet:
+                metrics = self._evaluate(scores, labels, e, reference)
+            else:
+                metrics = dict.fromkeys(_ABCD_KEYS, NAN)
+            if not valid:
+                metrics |= {k: NAN for k in metrics if k.startswith("sig_")}
             result.metrics |= {f"{name}/{key}": value for name, value in metrics.items()}
             result.table.append({"efficiency": e, **metrics})
+        checks = {k.replace("/", "_"): result.metrics[k] for k in _VALIDATION_KEYS}
+        result.table.append({"efficiency": "validation", **checks})
         return result
 
-    def _evaluate(self, scores: Scores, labels: np.ndarray, efficiency: float) -> dict[str, Any]:
-        pass1, pass2 = jet_cuts_at_efficiency(scores.jet1, scores.jet2, efficiency)
+    def _validate(self, scores: Scores, reference: Scores | None) -> dict[str, float]:
+        """The validation-region metrics; warns when the independence assumption fails."""
+        check = abcd_validation(
+            scores.jet1, scores.jet2, tuple(self.validation_band), self.control_fraction, self.systematic
+        )
+        est = check.estimate
+        valid = math.isfinite(check.pull) and abs(check.pull) <= self.max_validation_pull
+        if not valid:
+            logger.warning(
+                "%s%s: validation-region pull %.3g (observed %d, predicted %.1f) is beyond +-%g: the jet "
+                "scores are not independent on background; sig_abcd_* are NaN",
+                self.name, _closure_note(reference), check.pull, est.n_obs, est.n_pred,
+                self.max_validation_pull,
+            )  # fmt: skip
+        values = (check.pull, est.n_obs, est.n_pred, est.sigma, check.control_corr, check.control_corr_unc)
+        return dict(zip(_VALIDATION_KEYS, (*map(float, values), float(valid)), strict=True))
+
+    def _evaluate(
+        self, scores: Scores, labels: np.ndarray, efficiency: float, reference: Scores | None
+    ) -> dict[str, Any]:
+        ref = (reference.jet1, reference.jet2) if reference is not None else None
+        pass1, pass2 = jet_cuts_at_efficiency(scores.jet1, scores.jet2, efficiency, ref)
         est = abcd_estimate(pass1, pass2, scores.jet1, scores.jet2, self.control_fraction, self.systematic)
         selected = pass1 & pass2
         obs, exp = abcd_significance(est.n_obs, est.n_pred, est.sigma, float(np.sum(labels[selected] == 1)))
         pl = profile_likelihood_z(est.n_obs, est.n_pred, est.sigma) if est.n_pred > 0 else NAN
         if not math.isfinite(est.n_pred) or est.n_pred <= 0:
-            logger.warning("%s @ eff=%g: no background predicted; Z is NaN", self.name, efficiency)
+            note = _closure_note(reference)
+            logger.warning("%s @ eff=%g%s: no background predicted; Z is NaN", self.name, efficiency, note)
         return dict(
             zip(
                 _ABCD_KEYS,
@@ -291,4 +384,8 @@ class AbcdCount:
 _ABCD_KEYS = (
     "sig_abcd_obs", "sig_abcd_exp", "sig_abcd_pl",
     "abcd_nobs", "abcd_npred", "abcd_npred_unc", "abcd_nbkg_true",
+)  # fmt: skip
+_VALIDATION_KEYS = (
+    "abcd/validation_pull", "abcd/validation_obs", "abcd/validation_pred", "abcd/validation_pred_unc",
+    "abcd/control_corr", "abcd/control_corr_unc", "abcd/valid",
 )  # fmt: skip
