@@ -77,10 +77,12 @@ def test_tnt_beats_random_with_per_iteration_metrics(tmp_path):
     c = client(tmp_path)
     stages = c.get_metric_history(run.info.run_id, "stage/auc")
     assert [s.step for s in stages] == [0, 1]  # the initial tagger, one cross-fitted iteration
+    # the iteration improves on its autoencoder seed (seeds 0-4: 0.69-0.71 -> 0.79-0.86)
+    assert stages[1].value > stages[0].value + 0.03, [s.value for s in stages]
     purity = c.get_metric_history(run.info.run_id, "tnt/signal_rich_purity_jet1")
     assert [p.step for p in purity] == [1]
-    # the signal-rich set is enriched in signal relative to the 9% injected
-    assert max(p.value for p in purity) > 0.09
+    # the signal-rich set is enriched in signal relative to the 9% injected (seeds 0-4: 0.13-0.19)
+    assert max(p.value for p in purity) > 0.1
 
 
 @pytest.mark.slow

@@ -1,4 +1,8 @@
-"""Config helpers for the training app: resolvers, early validation, dataset location."""
+"""Config helpers for the training app: resolvers, early validation, dataset location.
+
+The config tree's location (``REPO_ROOT``, ``CONF_DIR``) is defined in :mod:`lhcad.paths` (bottom
+layer, for modules below this one) and re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lhcad.cli._paths import REPO_ROOT
 from lhcad.data.dataset import check_signal_frac
+from lhcad.paths import CONF_DIR, REPO_ROOT
 
-__all__ = ["CLOSURE_MODES", "ConfigError", "closure_mode", "register_resolvers", "split_spec", "validate"]
+__all__ = [
+    "CLOSURE_MODES",
+    "CONF_DIR",
+    "REPO_ROOT",
+    "ConfigError",
+    "closure_mode",
+    "register_resolvers",
+    "split_spec",
+    "validate",
+]
 
 
 CLOSURE_MODES = ("auto", "rerun", "off")

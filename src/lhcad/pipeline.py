@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -25,7 +25,11 @@ from lhcad.data.events import Events
 from lhcad.data.storage import DatasetError, load_manifest
 from lhcad.data.transforms import correlate_mass, order_jets
 from lhcad.evaluate import ClosureConfig, EvaluationConfig, auc, evaluate
-from lhcad.methods.base import SPARE_BACKGROUND, FitContext, Scores
+from lhcad.methods.base import SPARE_BACKGROUND, FitContext
+from lhcad.scores import Scores
+
+if TYPE_CHECKING:
+    from lhcad.data.generate import GenerationConfig
 
 log = logging.getLogger("lhcad")
 
@@ -47,24 +51,16 @@ class RunResult:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def _generation_config(data: Mapping[str, Any], sample: str, root: Path, images: bool, progress: bool):
-    from lhcad.cli._paths import CONF_DIR
-    from lhcad.cli.generate import config_from_hydra
+def _generation_config(data: Mapping[str, Any], sample: str, root: Path, images: bool) -> GenerationConfig:
+    """``conf/generate.yaml`` with the run's sample size (``data.sizes[data.scale]``), directory,
+    seed and workers."""
+    from lhcad.data.generation_config import default_generation_config
 
     sizes = data["sizes"][data["scale"]]
     if sample not in sizes:
         raise ConfigError(f"data.sizes.{data['scale']} has no size for sample '{sample}'")
-    base = OmegaConf.load(Path(CONF_DIR) / "generate.yaml")
-    base.pop("defaults", None)
-    base.pop("hydra", None)
-    base.sample = sample
-    base.n_events = int(sizes[sample])
-    base.out = str(root)
-    base.seed = int(data["seed"])
-    base.workers = int(data.get("workers") or 0)
-    base.jets.images = bool(images)
-    base.progress = progress
-    return config_from_hydra(base)
+    n_events, seed, workers = int(sizes[sample]), int(data["seed"]), int(data.get("workers") or 0)
+    return default_generation_config(sample, n_events, root, seed=seed, workers=workers, images=images)
 
 
 def prepare_dataset(data: Mapping[str, Any], samples: tuple[str, ...], *, images: bool, progress: bool) -> Path:
@@ -78,7 +74,7 @@ def prepare_dataset(data: Mapping[str, Any], samples: tuple[str, ...], *, images
         from lhcad.data.generate import generate
 
         for sample in samples:
-            generate(_generation_config(data, sample, root, images, progress), progress=progress)
+            generate(_generation_config(data, sample, root, images), progress=progress)
     elif not (root / "manifest.json").is_file():
         hint = (
             "convert the LHC Olympics file with `lhcad-convert-lhco <file.h5> --out " + str(root) + "`"

@@ -1,8 +1,7 @@
-"""Locations of the project's Hydra config tree (``conf/`` at the repository root)."""
+"""Locations of the project's Hydra config tree; kept for compatibility, defined in :mod:`lhcad.paths`."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from lhcad.paths import CONF_DIR, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CONF_DIR = str(REPO_ROOT / "conf")
+__all__ = ["CONF_DIR", "REPO_ROOT"]

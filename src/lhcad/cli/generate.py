@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from lhcad.cli._paths import CONF_DIR
-from lhcad.data.generate import GenerationConfig, generate
-from lhcad.data.jets import JetConfig
+from lhcad.data.generate import generate
+from lhcad.data.generation_config import config_from_hydra
+from lhcad.paths import CONF_DIR
 
-
-def config_from_hydra(cfg: DictConfig) -> GenerationConfig:
-    """Turn the composed ``conf/generate.yaml`` into a :class:`GenerationConfig`."""
-    return GenerationConfig(
-        sample=cfg.sample,
-        n_events=int(cfg.n_events),
-        out=str(cfg.out),
-        seed=int(cfg.seed),
-        workers=int(cfg.workers),
-        shard_size=int(cfg.shard_size),
-        batch_size=int(cfg.batch_size),
-        jets=JetConfig(**OmegaConf.to_container(cfg.jets, resolve=True)),
-        physics=OmegaConf.to_container(cfg.physics, resolve=True),
-    )
+__all__ = ["config_from_hydra", "main"]  # config_from_hydra: re-exported from lhcad.data.generation_config
 
 
 @hydra.main(config_path=CONF_DIR, config_name="generate")

@@ -13,9 +13,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lhcad.cli._paths import CONF_DIR
 from lhcad.config import TRUSTED_TARGETS, ConfigError, register_resolvers
 from lhcad.data.storage import DatasetError
+from lhcad.paths import CONF_DIR
 
 log = logging.getLogger("lhcad")
 

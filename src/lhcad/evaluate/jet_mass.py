@@ -18,7 +18,7 @@ from lhcad.data.transforms import DEFAULT_JES_SHIFT, apply_jes
 from lhcad.evaluate.metrics import auc
 from lhcad.evaluate.sculpting import jsd
 from lhcad.evaluate.selection import select_efficiency, threshold_at_efficiency
-from lhcad.methods.base import Scores
+from lhcad.scores import Scores
 
 __all__ = ["JES_CLASSES", "jet_mass_metrics", "jet_mass_sculpting", "nuisance_aucs"]
 

@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 
 from lhcad.evaluate.metrics import RocCurve, pearson, sic_curve
 from lhcad.evaluate.selection import select_efficiency
-from lhcad.methods.base import EmpiricalCDF, Scores
+from lhcad.scores import EmpiricalCDF, Scores
 
 __all__ = ["hep_style", "plot_jet_scores", "plot_mjj_selections", "plot_roc", "plot_sic"]
 

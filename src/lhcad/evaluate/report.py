@@ -44,7 +44,7 @@ from lhcad.evaluate import metrics as m
 from lhcad.evaluate.plots import plot_jet_scores, plot_mjj_selections, plot_roc, plot_sic
 from lhcad.evaluate.sculpting import jsd, mass_sculpting
 from lhcad.evaluate.selection import select_efficiency
-from lhcad.methods.base import Scores
+from lhcad.scores import Scores
 
 __all__ = [
     "Closure",

@@ -13,8 +13,9 @@ from lhcad.data.events import Events
 from lhcad.evaluate.jet_mass import jet_mass_metrics, nuisance_aucs
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import train_autoencoder, train_config
-from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.base import FitContext
 from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
+from lhcad.scores import Scores
 
 __all__ = ["AutoEncoder"]
 

@@ -10,7 +10,7 @@ import numpy as np
 from lhcad.data.events import Events
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import JetTagger
-from lhcad.methods.base import EmpiricalCDF, Scores, combine_jet_scores
+from lhcad.scores import EmpiricalCDF, Scores, combine_jet_scores
 
 __all__ = ["JetTaggerPair", "PerJetMethod", "check_parts"]
 

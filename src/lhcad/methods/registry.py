@@ -8,8 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lhcad.cli._paths import CONF_DIR
-from lhcad.config import build
+from lhcad.config import CONF_DIR, build
 from lhcad.inputs import InputRepresentation
 
 __all__ = ["available_methods", "build_method", "method_config"]

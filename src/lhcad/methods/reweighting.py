@@ -24,6 +24,7 @@ from lhcad.inputs import DijetFeatures
 from lhcad.methods._nets import JetTagger, train_classifier, train_config
 from lhcad.methods.base import FitContext
 from lhcad.models.training import TrainConfig
+from lhcad.windows import OUTSIDE, SR, MassWindows
 
 __all__ = ["SidebandReweighter", "weighted_auc"]
 
@@ -45,7 +46,7 @@ class SidebandReweighter:
 
     Args:
         features: :class:`~lhcad.inputs.DijetFeatures` names of ``x`` (m_jj is added as the parameter).
-        windows: the CWoLa windows (:class:`~lhcad.methods.sideband.MassWindows`).
+        windows: the CWoLa windows (:class:`~lhcad.windows.MassWindows`).
         long_sideband_extension: GeV added outwards to each sideband.
         max_weight: weights are clipped to ``[1 / max_weight, max_weight]``.
         classifier: network settings of ``g`` (dense).
@@ -55,7 +56,7 @@ class SidebandReweighter:
     def __init__(
         self,
         features: Sequence[str],
-        windows: Any,
+        windows: MassWindows,
         long_sideband_extension: float = 300.0,
         max_weight: float = 20.0,
         classifier: Mapping[str, Any] | None = None,
@@ -74,7 +75,7 @@ class SidebandReweighter:
     def from_settings(
         cls,
         features: Sequence[str],
-        windows: Any,
+        windows: MassWindows,
         settings: Mapping[str, Any] | None,
         classifier: Mapping[str, Any],
         train: TrainConfig,
@@ -86,8 +87,6 @@ class SidebandReweighter:
 
     def in_long_sidebands(self, events: Events) -> np.ndarray:
         """Mask of the events in either long sideband."""
-        from lhcad.methods.sideband import OUTSIDE, SR
-
         region = self.long_windows.region(events["mjj"])
         return (region != SR) & (region != OUTSIDE)
 

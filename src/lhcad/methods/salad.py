@@ -29,9 +29,11 @@ import numpy as np
 
 from lhcad.data.events import Events
 from lhcad.inputs import InputRepresentation
-from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.base import FitContext
 from lhcad.methods.reweighting import SidebandReweighter, weighted_auc
-from lhcad.methods.sideband import SR, SidebandMethod, TrainingSet
+from lhcad.methods.sideband import SidebandMethod, TrainingSet
+from lhcad.scores import Scores
+from lhcad.windows import SR
 
 __all__ = ["SALAD", "weighted_auc"]
 

@@ -13,6 +13,8 @@ only defines the signal region (SR) and the sidebands (SB) and is never an input
   sample; uses truth, a reference only).
 
 SALAD (:mod:`lhcad.methods.salad`) shares the base class :class:`SidebandMethod`.
+The windows (:class:`~lhcad.windows.MassWindows`, the region codes, :func:`~lhcad.windows.sideband_weights`)
+live in :mod:`lhcad.windows` and are re-exported here.
 
 Every method reports how much of the m_jj dependence it learned: the AUC of its classifier for SR
 against SB events of background only (``sr_vs_sb_auc/sim`` on held-out simulation,
@@ -33,8 +35,11 @@ from lhcad.data.events import Events
 from lhcad.evaluate import auc
 from lhcad.inputs import DijetFeatures, InputRepresentation
 from lhcad.methods._nets import JetTagger, train_classifier, train_config
-from lhcad.methods.base import SPARE_BACKGROUND, FitContext, Scores
+from lhcad.methods.base import SPARE_BACKGROUND, FitContext
 from lhcad.methods.per_jet import check_parts
+from lhcad.methods.reweighting import SidebandReweighter
+from lhcad.scores import Scores
+from lhcad.windows import OUTSIDE, SB_HIGH, SB_LOW, SR, MassWindows, sideband_weights  # noqa: F401 (OUTSIDE)
 
 log = logging.getLogger(__name__)
 
@@ -48,81 +53,8 @@ __all__ = [
     "sideband_weights",
 ]
 
-OUTSIDE, SR, SB_LOW, SB_HIGH = 0, 1, 2, 3
-"""Region codes of :meth:`MassWindows.region`."""
-
 PAPER_CLASSIFIER = {"hidden": [64, 64, 64], "dropout": 0.0}
 """Paper 003's network: three hidden layers of 64 ReLU units, sigmoid output."""
-
-
-# ---------------------------------------------------------------------------------------------- windows
-
-
-def _interval(value: Sequence[float], what: str) -> tuple[float, float]:
-    lo, hi = (float(v) for v in value)
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"{what} must be an interval [low, high] with low < high, got {list(value)}")
-    return lo, hi
-
-
-@dataclass(frozen=True)
-class MassWindows:
-    """Signal region and the two sidebands in m_jj [GeV]; intervals are half-open ``[low, high)``."""
-
-    signal_region: tuple[float, float]
-    sideband_low: tuple[float, float]
-    sideband_high: tuple[float, float]
-
-    @classmethod
-    def from_config(cls, signal_region: Sequence[float], sidebands: Sequence[Sequence[float]]) -> MassWindows:
-        if len(sidebands) != 2:
-            raise ValueError(f"give two sidebands, [[low, high], [low, high]] below and above the SR, got {sidebands}")
-        sr = _interval(signal_region, "signal_region")
-        low, high = sorted((_interval(sb, "a sideband") for sb in sidebands))
-        if not (low[1] <= sr[0] and sr[1] <= high[0]):
-            raise ValueError(
-                f"sidebands {low} and {high} must lie below and above the signal region {sr} without overlapping it"
-            )
-        return cls(sr, low, high)
-
-    def widened(self, extension: float) -> MassWindows:
-        """The same SR with each sideband extended outwards by ``extension`` GeV (SALAD's long sidebands)."""
-        ext = float(extension)
-        if ext < 0:
-            raise ValueError(f"the sideband extension must be >= 0 GeV, got {ext:g}")
-        lo, hi = self.sideband_low, self.sideband_high
-        return MassWindows(self.signal_region, (lo[0] - ext, lo[1]), (hi[0], hi[1] + ext))
-
-    def region(self, mjj: np.ndarray) -> np.ndarray:
-        """Per-event region code: ``SR``, ``SB_LOW``, ``SB_HIGH`` or ``OUTSIDE`` (int8)."""
-        m = np.asarray(mjj, np.float64)
-        out = np.full(m.shape, OUTSIDE, np.int8)
-        for code, (lo, hi) in ((SR, self.signal_region), (SB_LOW, self.sideband_low), (SB_HIGH, self.sideband_high)):
-            out[(m >= lo) & (m < hi)] = code
-        return out
-
-
-def sideband_weights(region: np.ndarray, what: str = "data", base: np.ndarray | None = None) -> np.ndarray:
-    """CWoLa weights of SR/SB events: SR events keep their ``base`` weight (default 1); each
-    sideband is scaled to half the SR's total weight.
-
-    Events outside the windows get weight 0.
-
-    Raises:
-        ValueError: the SR or one of the sidebands has no events.
-    """
-    region = np.asarray(region)
-    base = np.ones(region.shape) if base is None else np.asarray(base, np.float64)
-    totals = {code: float(base[region == code].sum()) for code in (SR, SB_LOW, SB_HIGH)}
-    empty = [name for code, name in ((SR, "signal region"), (SB_LOW, "lower sideband"), (SB_HIGH, "upper sideband"))
-             if totals[code] <= 0]
-    if empty:
-        raise ValueError(f"the {what} have no events in the {', '.join(empty)}; use more events or wider windows")
-    w = np.zeros(region.shape, np.float64)
-    w[region == SR] = base[region == SR]
-    for code in (SB_LOW, SB_HIGH):
-        w[region == code] = base[region == code] * totals[SR] / (2.0 * totals[code])
-    return w
 
 
 # ---------------------------------------------------------------------------------------------- base
@@ -341,8 +273,6 @@ class SACWoLa(CWoLa):
         super().__init__(inputs, **kwargs)
         self.reweighter = None
         if reweight_sim:
-            from lhcad.methods.reweighting import SidebandReweighter
-
             self.reweighter = SidebandReweighter.from_settings(
                 self.features, self.windows, reweighter, self.classifier, self.train
             )

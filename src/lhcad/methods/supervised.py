@@ -15,8 +15,9 @@ import numpy as np
 from lhcad.data.events import Events
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import JetTagger, train_classifier, train_config
-from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.base import FitContext
 from lhcad.methods.per_jet import JetTaggerPair, check_parts
+from lhcad.scores import Scores
 
 __all__ = ["Supervised"]
 

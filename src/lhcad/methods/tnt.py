@@ -29,9 +29,10 @@ import numpy as np
 from lhcad.data.events import Events
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import JetTagger, train_classifier, train_config
-from lhcad.methods.base import EmpiricalCDF, FitContext, Scores
+from lhcad.methods.base import FitContext
 from lhcad.methods.per_jet import JetTaggerPair, check_parts
 from lhcad.methods.registry import build_method
+from lhcad.scores import EmpiricalCDF, Scores
 
 __all__ = ["FoldEnsemble", "TagNTrain", "crossfit_folds", "tag_events"]
 

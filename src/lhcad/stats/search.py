@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from lhcad.data.events import Events
 from lhcad.evaluate.report import StatisticResult
 from lhcad.evaluate.selection import n_kept, select_efficiency, threshold_at_efficiency
-from lhcad.methods.base import Scores
+from lhcad.scores import Scores
 from lhcad.stats.abcd import abcd_estimate, abcd_validation, jet_cuts_at_efficiency
 from lhcad.stats.fits import BinnedFit, dijet_prediction, fit_cubic_gaussian, fit_dijet
 from lhcad.stats.significance import abcd_significance, likelihood_ratio_z, profile_likelihood_z
