@@ -235,7 +235,7 @@ def test_parser_sees_function_level_relative_and_type_checking_imports():
         "    from . import plots\n"
         "    from lhcad.evaluate import auc\n"
     )
-    found = imports_of(source, "lhcad.evaluate.report", False, KNOWN)
+    found = imports_of(source, "lhcad.evaluate.run_evaluation", False, KNOWN)
     assert found == [
         ("lhcad.evaluate.plots", 3),
         ("lhcad.scores", 5),
@@ -254,7 +254,7 @@ def test_checker_flags_upward_sibling_and_cli_imports():
         "lhcad.evaluate.plots": [
             ("lhcad.methods.base", 3), ("lhcad.scores", 4), ("lhcad.evaluate.metrics", 5)
         ],
-        "lhcad.stats.search": [("lhcad.methods.tnt", 7), ("lhcad.evaluate.report", 8)],
+        "lhcad.stats.search": [("lhcad.methods.tnt", 7), ("lhcad.evaluate.run_evaluation", 8)],
         "lhcad.methods.registry": [("lhcad.cli._paths", 11), ("lhcad.config", 12)],
         "lhcad.inputs": [("lhcad.evaluate", 2)],
         "lhcad.cli.train": [("lhcad.pipeline", 1), ("lhcad.cli._paths", 2)],

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the committed test fixture (features only, ~1 MB) with lhcad's own generator.
+# Regenerates the committed test fixture (features only, ~2 MB) with lhcad's own generator.
 # Run from the repository root: bash tests/data/make_fixture.sh
 set -euo pipefail
 out=tests/data/fixture

@@ -30,8 +30,6 @@ CONSTITUENT_KEYS: tuple[str, ...] = ("j1_constituents", "j2_constituents")
 """Per-jet top-K constituents, float32 (n, K, 4): (pt [GeV], eta - eta_jet, phi - phi_jet, E [GeV]),
 hardest first, zero-padded."""
 
-CONSTITUENT_FIELDS: tuple[str, ...] = ("pt", "deta", "dphi", "e")
-
 SAMPLES: tuple[str, ...] = ("qcd", "signal", "sim", "outliers")
 """Sample names a dataset can hold."""
 

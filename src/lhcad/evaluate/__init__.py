@@ -10,7 +10,7 @@ The entry point is :func:`evaluate`; search statistics (bump hunt, ABCD, ...) pl
 
 from lhcad.evaluate.metrics import RocCurve, auc, max_sic, pearson, rejection_at, roc_curve, sic_curve
 from lhcad.evaluate.plots import hep_style, plot_jet_scores, plot_mjj_selections, plot_roc, plot_sic
-from lhcad.evaluate.report import (
+from lhcad.evaluate.run_evaluation import (
     Closure,
     ClosureConfig,
     Evaluation,

@@ -32,7 +32,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lhcad.data.events import Events
-from lhcad.evaluate.report import StatisticResult
+from lhcad.evaluate.run_evaluation import StatisticResult
 from lhcad.evaluate.selection import n_kept, select_efficiency, threshold_at_efficiency
 from lhcad.scores import Scores
 from lhcad.stats.abcd import abcd_estimate, abcd_validation, jet_cuts_at_efficiency

@@ -1,21 +1,7 @@
-"""MLflow run tracking: a sqlite store under ``<mlruns_dir>``, one run per job, parent runs per sweep.
-
-Layout of a tracking directory::
-
-    <mlruns_dir>/mlflow.db      sqlite backend store (absolute ``sqlite:////...`` URI)
-    <mlruns_dir>/artifacts/     artifact root of every experiment created here
-    <mlruns_dir>/.store.lock    file lock serialising store creation across processes
+"""One MLflow run: :class:`RunTracker` (lifecycle, run status, logging of params, metrics, tags
+and artifacts), config flattening for params, and provenance tags (git commit, host, user).
 
 ``mlflow`` is imported lazily (it takes seconds); importing this module does not import it.
-Everything goes through an explicit ``MlflowClient(tracking_uri=...)``, so nothing depends on
-MLflow's global state (``mlflow.set_tracking_uri``, the fluent active run).
-
-Typical use inside a Hydra job::
-
-    with RunTracker(cfg.tracking.mlruns_dir, cfg.tracking.experiment, run_name,
-                    parent_run_id=parent_run_id_for_job()) as run:
-        run.log_config(cfg)
-        run.log_metrics({"val_loss": 0.3}, step=epoch)
 """
 
 from __future__ import annotations
@@ -26,7 +12,6 @@ import logging
 import math
 import os
 import re
-import shlex
 import socket
 import subprocess
 import sys
@@ -38,125 +23,26 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from hydra.experimental.callback import Callback
+from lhcad.tracking.store import _abs_dir, _client, ensure_store, tracking_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from mlflow.tracking import MlflowClient
-    from omegaconf import DictConfig
 
-__all__ = [
-    "MAX_PARAM_LENGTH",
-    "PARENT_RUN_ID_FILE",
-    "MultirunParentRun",
-    "RunTracker",
-    "ensure_store",
-    "flatten_config",
-    "git_commit",
-    "parent_run_id_for_job",
-    "tracking_uri",
-    "ui_command",
-]
+__all__ = ["MAX_PARAM_LENGTH", "TRUNCATION_MARKER", "RunTracker", "flatten_config", "git_commit"]
 
 log = logging.getLogger(__name__)
 
 #: Longest param value logged; longer values are cut and end with :data:`TRUNCATION_MARKER`.
 MAX_PARAM_LENGTH = 500
 TRUNCATION_MARKER = "...[truncated]"
-#: Name of the file in a Hydra sweep directory that holds the sweep's parent run id.
-PARENT_RUN_ID_FILE = "mlflow_parent_run_id"
 
-_DB_NAME = "mlflow.db"
-_ARTIFACTS_DIR = "artifacts"
-_LOCK_NAME = ".store.lock"
 _MAX_KEY_LENGTH = 250  # MLflow's limit for param / metric / tag keys
 _MAX_TAG_LENGTH = 8000  # MLflow's limit for tag values
 _MAX_ERROR_TAG_LENGTH = 500
 _PARAMS_PER_BATCH = 100  # MLflow: at most 100 params (and 100 tags) per log_batch call
 _METRICS_PER_BATCH = 1000
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
-
-
-# --------------------------------------------------------------------------------------------
-# store
-# --------------------------------------------------------------------------------------------
-
-
-def _abs_dir(mlruns_dir: str | os.PathLike[str]) -> Path:
-    return Path(mlruns_dir).expanduser().resolve()
-
-
-def tracking_uri(mlruns_dir: str | os.PathLike[str]) -> str:
-    """Absolute sqlite URI of the store in ``mlruns_dir``: ``sqlite:////abs/mlruns/mlflow.db``."""
-    return "sqlite:///" + (_abs_dir(mlruns_dir) / _DB_NAME).as_posix()
-
-
-def ui_command(mlruns_dir: str | os.PathLike[str]) -> str:
-    """Shell command that opens the MLflow UI on the store in ``mlruns_dir``."""
-    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri(mlruns_dir))}"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive ``flock`` on ``path`` (created if missing); a no-op where fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        log.debug("fcntl unavailable; store creation is not locked")
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _client(uri: str) -> MlflowClient:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def ensure_store(mlruns_dir: str | os.PathLike[str], experiment: str) -> tuple[str, str]:
-    """Create the store in ``mlruns_dir`` and the experiment ``experiment`` if missing.
-
-    Process-safe: creation runs under an exclusive file lock on ``<mlruns_dir>/.store.lock``
-    (concurrent first use of a fresh sqlite store otherwise races on the schema migration and
-    fails with "database is locked"). Idempotent and cheap once the store exists. A deleted
-    experiment of that name is restored. Returns ``(tracking_uri, experiment_id)``.
-    """
-    root = _abs_dir(mlruns_dir)
-    artifacts = root / _ARTIFACTS_DIR
-    artifacts.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri(root)
-    with _file_lock(root / _LOCK_NAME):
-        client = _client(uri)  # creates the tables (schema migration) on first use
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            exp_id = client.create_experiment(experiment, artifact_location=str(artifacts))
-            log.info("created MLflow experiment %r (id %s) in %s", experiment, exp_id, uri)
-            return uri, exp_id
-        if exp.lifecycle_stage == "deleted":
-            log.warning("restoring deleted MLflow experiment %r (id %s)", experiment, exp.experiment_id)
-            client.restore_experiment(exp.experiment_id)
-        if not _same_location(exp.artifact_location, artifacts):
-            log.warning(
-                "experiment %r stores artifacts in %s, not under %s",
-                experiment,
-                exp.artifact_location,
-                artifacts,
-            )
-        return uri, exp.experiment_id
-
-
-def _same_location(location: str, path: Path) -> bool:
-    if location.startswith("file:"):
-        from urllib.parse import unquote, urlparse
-
-        location = unquote(urlparse(location).path)
-    return Path(location) == path
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,168 +409,3 @@ def _plain(node: Any) -> Any:
     if isinstance(node, float):
         return node if math.isfinite(node) else str(node)
     return str(node)
-
-
-# --------------------------------------------------------------------------------------------
-# Hydra multirun: one parent run per sweep
-# --------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _sweep_dir(config: DictConfig) -> Path:
-    from omegaconf import OmegaConf
-
-    sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
-    if not sweep_dir.is_absolute():
-        cwd = OmegaConf.select(config, "hydra.runtime.cwd", default=None)
-        sweep_dir = Path(cwd or os.getcwd()) / sweep_dir
-    return sweep_dir
-
-
-class MultirunParentRun(Callback):
-    """Hydra callback: one MLflow parent run per ``--multirun`` sweep.
-
-    Reads ``tracking.mlruns_dir`` and ``tracking.experiment`` from the app config. At the start
-    of the sweep it creates the store (once, before any job runs) and a RUNNING parent run, and
-    writes its id to ``<sweep dir>/mlflow_parent_run_id``, where jobs in other processes find
-    it with :func:`parent_run_id_for_job`. At the end it tags the children counts and ends the
-    parent (FINISHED; FAILED / KILLED if the sweep itself raised). Register it with
-    ``hydra.callbacks.mlflow_parent: {_target_: lhcad.tracking.MultirunParentRun}``.
-    """
-
-    def __init__(self) -> None:
-        self._uri: str | None = None
-        self._experiment_id: str | None = None
-        self._run_id: str | None = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Ensure the store, create the parent run and publish its id in the sweep directory."""
-        from omegaconf import OmegaConf
-
-        mlruns_dir = OmegaConf.select(config, "tracking.mlruns_dir")
-        experiment = OmegaConf.select(config, "tracking.experiment")
-        if not mlruns_dir or not experiment:
-            log.warning("no tracking.mlruns_dir / tracking.experiment in the config: no parent run")
-            return
-        sweep_dir = _sweep_dir(config)
-        name = sweep_dir.name or OmegaConf.select(config, "tracking.run_name", default=None)
-        overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
-        self._uri, self._experiment_id = ensure_store(str(mlruns_dir), str(experiment))
-        client = _client(self._uri)
-        tags = _default_tags()
-        tags.update(
-            {
-                "lhcad.role": "multirun-parent",
-                "lhcad.sweep_dir": str(sweep_dir),
-                "lhcad.sweep_overrides": " ".join(str(o) for o in overrides),
-            }
-        )
-        sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
-        if sweeper:
-            tags["lhcad.sweeper"] = str(sweeper)
-        run = client.create_run(self._experiment_id, run_name=name, tags=_str_tags(tags))
-        self._run_id = run.info.run_id
-        _write_atomic(sweep_dir / PARENT_RUN_ID_FILE, self._run_id + "\n")
-        log.info("MLflow parent run %s (%s) for sweep %s", self._run_id, name, sweep_dir)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Tag children counts (``n_children``, ``n_failed``, ...) and end the parent run."""
-        status = _exit_status(sys.exc_info()[1])  # Hydra calls this in a `finally`
-        sweep_dir = _sweep_dir(config)
-        run_id = self._run_id
-        if run_id is None:
-            id_file = sweep_dir / PARENT_RUN_ID_FILE
-            run_id = id_file.read_text().strip() if id_file.is_file() else None
-        if run_id is None:
-            log.warning("no MLflow parent run for sweep %s", sweep_dir)
-            return
-        if self._uri is None:
-            from omegaconf import OmegaConf
-
-            self._uri = tracking_uri(str(OmegaConf.select(config, "tracking.mlruns_dir")))
-        client = _client(self._uri)
-        try:
-            counts = _child_counts(client, run_id)
-            client.log_batch(
-                run_id,
-                tags=[_run_tag(k, str(v)) for k, v in counts.items()],
-                synchronous=True,
-            )
-            for name in ("multirun.yaml", "optimization_results.yaml"):
-                if (sweep_dir / name).is_file():
-                    client.log_artifact(run_id, str(sweep_dir / name))
-        finally:
-            _terminate(client, run_id, status)
-        log.info("MLflow parent run %s %s (%s)", run_id, status, counts)
-        self._run_id = None
-
-
-def _run_tag(key: str, value: str) -> Any:
-    from mlflow.entities import RunTag
-
-    return RunTag(key, value)
-
-
-def _child_counts(client: MlflowClient, parent_run_id: str) -> dict[str, int]:
-    """Number of runs tagged with ``parent_run_id`` as parent, in total and per status."""
-    from mlflow.entities import ViewType
-
-    statuses: list[str] = []
-    filt = f"tags.mlflow.parentRunId = '{parent_run_id}'"
-    exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    token = None
-    while True:
-        page = client.search_runs(
-            exp_ids, filt, run_view_type=ViewType.ALL, max_results=1000, page_token=token
-        )
-        statuses += [r.info.status for r in page]
-        token = page.token
-        if not token:
-            break
-    return {
-        "n_children": len(statuses),
-        "n_finished": statuses.count("FINISHED"),
-        "n_failed": statuses.count("FAILED"),
-        "n_killed": statuses.count("KILLED"),
-        "n_running": statuses.count("RUNNING"),
-    }
-
-
-def parent_run_id_for_job() -> str | None:
-    """Parent run id of the current Hydra multirun job, read from the sweep directory.
-
-    None outside Hydra, in single-run mode, or when the sweep has no parent run (callback not
-    registered or failed).
-    """
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-    except ImportError:  # pragma: no cover
-        return None
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return None
-    sweep_dir = Path(str(hc.sweep.dir))
-    if not sweep_dir.is_absolute():
-        sweep_dir = Path(hc.runtime.cwd) / sweep_dir
-    id_file = sweep_dir / PARENT_RUN_ID_FILE
-    try:
-        run_id = id_file.read_text().strip()
-    except OSError:
-        log.info("no %s: the run gets no MLflow parent", id_file)
-        return None
-    return run_id or None
