@@ -29,7 +29,7 @@ def _run(overrides: list[str]):
     from lhcad.cli._paths import CONF_DIR
     from lhcad.pipeline import train_and_evaluate
 
-    with initialize_config_dir(CONF_DIR, version_base=None):
+    with initialize_config_dir(CONF_DIR):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):

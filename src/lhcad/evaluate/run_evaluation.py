@@ -175,7 +175,7 @@ class ClosureConfig:
 
     max_z: float = 3.0
     max_jsd: float = 0.05
-    jsd_noise_factor: float = 2.0
+    jsd_noise_factor: float = 3.0
     jsd_noise_trials: int = 20
     seed: int = 0
 
