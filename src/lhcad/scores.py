@@ -21,7 +21,8 @@ __all__ = ["EmpiricalCDF", "Scores", "combine_jet_scores"]
 class Scores:
     """Anomaly scores of a set of events: larger = more signal-like.
 
-    ``event`` is always set; ``jet1``/``jet2`` are set by per-jet methods (jet 1 = heavier jet).
+    ``event`` is always set; ``jet1``/``jet2`` are set by per-jet methods (jet 1 as the inputs order
+    the jets: the harder jet by default, see ``inputs.jet_order``).
     """
 
     event: np.ndarray
