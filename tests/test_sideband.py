@@ -9,7 +9,7 @@ import sklearn.metrics
 
 from lhcad.data import draw_sample, load_dataset
 from lhcad.inputs import DijetFeatures, JetFeatures, JetImages
-from lhcad.methods.base import SPARE_BACKGROUND, FitContext
+from lhcad.methods.base import FitContext
 from lhcad.methods.salad import SALAD, weighted_auc
 from lhcad.methods.sideband import (
     OUTSIDE,
@@ -105,7 +105,9 @@ def test_sideband_methods_take_event_features_and_never_mjj():
         SACWoLa(JetFeatures(["m"]), lam=-0.1)
     assert CWoLa(JetFeatures(["m"]), diagnose_on_sim=False).samples == ()
     assert SACWoLa(JetFeatures(["m"]), diagnose_on_sim=False).samples == ("sim",)
-    assert CWoLaIdeal(JetFeatures(["m"])).samples[0] == SPARE_BACKGROUND
+    ideal = CWoLaIdeal(JetFeatures(["m"]))
+    assert ideal.needs_spare_background and ideal.samples == ("sim",)  # the spare background is no sample
+    assert not CWoLa(JetFeatures(["m"])).needs_spare_background
 
 
 # ---------------------------------------------------------------------------------------------- training sets
@@ -155,7 +157,7 @@ def test_cwola_ideal_compares_signal_region_with_spare_background(samples):
     method = CWoLaIdeal(JetFeatures(["m"]), **WINDOWS)
     with pytest.raises(ValueError, match="background_reserve"):
         method.training_set(draw.sample, None, FitContext())
-    ctx = FitContext(samples={SPARE_BACKGROUND: draw.unused_background})
+    ctx = FitContext(spare_background=draw.unused_background)
     ts = method.training_set(draw.sample, None, ctx)
     windows = MassWindows.from_config(**WINDOWS)
     n_sr = int((windows.region(draw.sample["mjj"]) == SR).sum())

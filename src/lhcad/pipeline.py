@@ -24,8 +24,9 @@ from lhcad.data.dataset import draw_sample, load_dataset, split
 from lhcad.data.events import Events
 from lhcad.data.storage import DatasetError, load_manifest
 from lhcad.data.transforms import correlate_mass, order_jets
-from lhcad.evaluate import ClosureConfig, EvaluationConfig, auc, evaluate
-from lhcad.methods.base import SPARE_BACKGROUND, FitContext
+from lhcad.evaluate import ClosureConfig, Evaluation, EvaluationConfig, auc, evaluate
+from lhcad.inputs import InputRepresentation
+from lhcad.methods.base import FitContext, Method
 from lhcad.scores import Scores
 
 if TYPE_CHECKING:
@@ -97,18 +98,20 @@ def dataset_checksum(root: Path, samples: tuple[str, ...]) -> str:
 # ---------------------------------------------------------------------------------------------- run
 
 
-def _method_name(cfg: DictConfig, method: Any = None) -> str:
-    """The method's config name: Hydra's choice of the ``method`` group, else the method's own
-    ``name`` (e.g. ``sa_cwola``), else its class name in lower case."""
+def _method_name(cfg: DictConfig, method: Method | None = None) -> str:
+    """The method's config name: Hydra's choice of the ``method`` group, else the method's
+    ``name`` (of the built ``method``, or of the configured class before it is built)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         return str(HydraConfig.get().runtime.choices["method"])
     except (ValueError, KeyError):
         pass
-    if isinstance(getattr(method, "name", None), str):
-        return method.name
-    return str(cfg.method._target_).rsplit(".", 1)[-1].lower()
+    if method is None:
+        from hydra.utils import get_class
+
+        return str(get_class(str(cfg.method._target_)).name)
+    return method.name
 
 
 def _resolve_device(device: str, cpu_threads: int | str | None, input_kind: str) -> str:
@@ -143,10 +146,8 @@ def _closure_config(cfg: DictConfig) -> ClosureConfig | None:
     return ClosureConfig(**OmegaConf.to_container(settings, resolve=True)) if settings else ClosureConfig()
 
 
-def _stage_metrics(method: Any, test: Events, signal: Events) -> list[dict[str, float]]:
-    """AUCs of every stage of an iterative method (TNT), stage 0 = its initial tagger."""
-    if not hasattr(method, "score_stages"):
-        return []
+def _stage_metrics(method: Method, test: Events, signal: Events) -> list[dict[str, float]]:
+    """AUCs of every stage of an iterative method (``method.score_stages``; none for the others)."""
     background = test.take(test.labels == 0)
     rows = []
     for s_bkg, s_sig in zip(method.score_stages(background), method.score_stages(signal)):
@@ -197,7 +198,9 @@ def apply_transforms(
         raise ConfigError(f"transform.alpha: {err}") from None
 
 
-def _log_artifacts(tracker: Any, evaluation: Any, test: Events, test_scores: Scores, signal_scores: Scores) -> None:
+def _log_artifacts(
+    tracker: Any, evaluation: Evaluation, test: Events, test_scores: Scores, signal_scores: Scores
+) -> None:
     """Plots, scores (with the test labels and m_jj needed to redo any selection) and curves."""
     for fname, fig in evaluation.figures.items():
         tracker.log_figure(fig, f"plots/{fname}")
@@ -214,13 +217,13 @@ class Outcome:
 
     ``metrics`` holds the final metrics and, under their own names, the last value of every
     metric reported without a step during the run (event counts, a method's fit-time summaries
-    such as ``salad/weight_neff_fraction``); ``reported`` names the latter.
+    through ``ctx.log_metrics``); ``reported`` names the latter.
     """
 
-    method: Any
+    method: Method
     metrics: dict[str, float]
     stage_metrics: list[dict[str, float]]
-    evaluation: Any
+    evaluation: Evaluation
     test: Events
     test_scores: Scores
     signal_scores: Scores
@@ -253,21 +256,20 @@ def train_and_evaluate(
             reported.update(metrics)
         log_metrics(metrics, step)
 
-    inputs = build(cfg.inputs)
-    device = _resolve_device(str(cfg.device), cfg.get("cpu_threads", "auto"), getattr(inputs, "kind", ""))
-    method = build(cfg.method, inputs=inputs)
+    inputs: InputRepresentation = build(cfg.inputs)
+    device = _resolve_device(str(cfg.device), cfg.get("cpu_threads", "auto"), inputs.kind)
+    method: Method = build(cfg.method, inputs=inputs)
     name = _method_name(cfg, method)
     run_name = run_name or f"{name}-f{cfg.signal_frac:g}-s{cfg.seed}"
-    extra = tuple(getattr(method, "samples", ()))
-    samples = ("qcd", "signal", *(s for s in extra if s != SPARE_BACKGROUND))
-    needs_images = getattr(inputs, "kind", "") == "image"
+    samples = ("qcd", "signal", *method.samples)
+    needs_images = inputs.kind == "image"
     root = prepare_dataset(cfg.data, samples, images=needs_images, progress=bool(cfg.progress))
-    data = apply_transforms(load_dataset(root, samples), cfg.get("transform"), getattr(inputs, "jet_order", "mass"))
+    data = apply_transforms(load_dataset(root, samples), cfg.get("transform"), inputs.jet_order)
     set_tags({"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device})
 
     rng = np.random.default_rng(int(cfg.seed))
     parts, test, val, unused_signal, spare = _draw(cfg, data, method.parts, rng)
-    if SPARE_BACKGROUND in extra and len(spare) == 0:
+    if method.needs_spare_background and len(spare) == 0:
         raise ConfigError(
             f"{name} trains against background events kept out of the run's sample, but all "
             f"{len(data['qcd'])} are drawn: set background_reserve (e.g. background_reserve=0.3) or a lower n_events"
@@ -280,9 +282,9 @@ def train_and_evaluate(
     )
 
     ctx = FitContext(
-        device=device, rng=rng, seed=int(cfg.seed),
-        samples={s: data[s] for s in samples[2:]} | ({SPARE_BACKGROUND: spare} if SPARE_BACKGROUND in extra else {}),
-        log_metrics=record, progress=bool(cfg.progress), config=OmegaConf.to_container(cfg, resolve=True),
+        device=device, seed=int(cfg.seed), samples={s: data[s] for s in method.samples},
+        spare_background=spare if method.needs_spare_background else None,
+        log_metrics=record, progress=bool(cfg.progress),
     )
     t_fit = time.perf_counter()
     method.fit(parts, ctx)
@@ -297,9 +299,8 @@ def train_and_evaluate(
     )  # fmt: skip
     set_tags({"closure": evaluation.closure.status if evaluation.closure is not None else "off"})
     metrics = dict(evaluation.metrics)
-    if hasattr(method, "extra_metrics"):  # method-specific metrics (e.g. nuisance-class AUCs)
-        metrics |= method.extra_metrics(test, test_scores, unused_signal, signal_scores)
-    metrics["val_loss"] = float(getattr(method, "val_loss", float("nan")))
+    metrics |= method.extra_metrics(test, test_scores, unused_signal, signal_scores)  # method-specific
+    metrics["val_loss"] = float(method.val_loss)
     if val is not None and len(val):
         metrics["val_auc"] = _val_auc(method.score(val), val.labels)
     metrics["time/fit_s"] = fit_seconds
@@ -372,8 +373,8 @@ def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunRes
             tracker.log_metrics({f"stage/{k}": v for k, v in row.items()}, step=step)
 
         _log_artifacts(tracker, out.evaluation, out.test, out.test_scores, out.signal_scores)
-        if cfg.tracking.get("log_models", True) and hasattr(out.method, "state"):
-            tracker.log_torch_state(out.method.state(), "model/state.pt")
+        if cfg.tracking.get("log_models", True) and (state := out.method.state()):
+            tracker.log_torch_state(state, "model/state.pt")
 
         objective = None
         if cfg.get("objective"):

@@ -10,6 +10,7 @@ import numpy as np
 from lhcad.data.events import Events
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import JetTagger
+from lhcad.methods.base import Method
 from lhcad.scores import EmpiricalCDF, Scores, combine_jet_scores
 
 __all__ = ["JetTaggerPair", "PerJetMethod", "check_parts"]
@@ -56,14 +57,14 @@ def check_parts(parts: Mapping[str, Events], needed: list[str], method: str) -> 
         raise ValueError(f"{method}: parts {empty} are empty; use more events (n_events) or larger method.parts")
 
 
-class PerJetMethod:
+class PerJetMethod(Method):
     """What every per-jet method shares once ``fit`` has set ``self.pair``: scores, loss, weights.
 
-    Subclasses set ``name`` and implement ``fit`` (which must end with ``self.pair`` calibrated).
+    Subclasses set ``name`` and ``parts`` and implement ``fit`` (which must end with ``self.pair``
+    calibrated).
     """
 
     name: str = "per-jet method"
-    samples: tuple[str, ...] = ()
     pair: JetTaggerPair | None = None
 
     def score(self, events: Events) -> Scores:

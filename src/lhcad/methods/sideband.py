@@ -35,7 +35,7 @@ from lhcad.data.events import Events
 from lhcad.evaluate import auc
 from lhcad.inputs import DijetFeatures, InputRepresentation
 from lhcad.methods._nets import JetTagger, train_classifier, train_config
-from lhcad.methods.base import SPARE_BACKGROUND, FitContext
+from lhcad.methods.base import FitContext, Method
 from lhcad.methods.per_jet import check_parts
 from lhcad.methods.reweighting import SidebandReweighter
 from lhcad.scores import Scores
@@ -84,7 +84,7 @@ class TrainingSet:
         return TrainingSet(self.x, self.y, self.w / self.w.mean(), self.info)
 
 
-class SidebandMethod:
+class SidebandMethod(Method):
     """What the sideband methods share: windows, inputs, one classifier, the SR-vs-SB diagnostics.
 
     Subclasses set ``name`` and implement :meth:`training_set`; this class trains the classifier
@@ -324,13 +324,10 @@ class CWoLaIdeal(SidebandMethod):
     """
 
     name = "cwola_ideal"
-
-    def __init__(self, inputs: InputRepresentation, **kwargs: Any) -> None:
-        super().__init__(inputs, **kwargs)
-        self.samples = (SPARE_BACKGROUND, *self.samples)
+    needs_spare_background = True
 
     def training_set(self, data: Events, sim: Events | None, ctx: FitContext) -> TrainingSet:
-        spare = ctx.samples.get(SPARE_BACKGROUND)
+        spare = ctx.spare_background
         if spare is None or len(spare) == 0:
             raise ValueError(
                 "cwola_ideal needs background events kept out of the run's sample as its pure-background "

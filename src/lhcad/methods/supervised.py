@@ -15,7 +15,7 @@ import numpy as np
 from lhcad.data.events import Events
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import JetTagger, train_classifier, train_config
-from lhcad.methods.base import FitContext
+from lhcad.methods.base import FitContext, Method
 from lhcad.methods.per_jet import JetTaggerPair, check_parts
 from lhcad.scores import Scores
 
@@ -24,10 +24,10 @@ __all__ = ["Supervised"]
 VARIANTS = ("both", "separate")
 
 
-class Supervised:
+class Supervised(Method):
     """Fully supervised reference classifier(s) trained on the injected training part's truth labels."""
 
-    samples: tuple[str, ...] = ()
+    name = "supervised"
 
     def __init__(
         self,
@@ -75,15 +75,21 @@ class Supervised:
         ctx.log_metrics({"supervised/val_loss": self.pair.val_loss}, None)
 
     def score(self, events: Events) -> Scores:
-        if self.event_tagger is not None:
-            return Scores(event=np.asarray(self.event_tagger(self.inputs.event(events)), np.float64))
-        if self.pair is not None:
-            return self.pair.score(events)
-        raise RuntimeError("fit() the supervised classifier before scoring")
+        fitted = self._fitted()
+        if isinstance(fitted, JetTaggerPair):
+            return fitted.score(events)
+        return Scores(event=np.asarray(fitted(self.inputs.event(events)), np.float64))
 
     @property
     def val_loss(self) -> float:
-        return self.event_tagger.val_loss if self.event_tagger is not None else self.pair.val_loss  # type: ignore[union-attr]
+        return self._fitted().val_loss
 
     def state(self) -> dict[str, Any]:
-        return self.event_tagger.state() if self.event_tagger is not None else self.pair.state()  # type: ignore[union-attr]
+        return self._fitted().state()
+
+    def _fitted(self) -> JetTagger | JetTaggerPair:
+        """The event classifier (``both``) or the jet classifiers (``separate``)."""
+        fitted = self.event_tagger if self.event_tagger is not None else self.pair
+        if fitted is None:
+            raise RuntimeError("fit() the supervised classifier before scoring")
+        return fitted

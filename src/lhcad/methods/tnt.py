@@ -29,7 +29,7 @@ import numpy as np
 from lhcad.data.events import Events
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import JetTagger, train_classifier, train_config
-from lhcad.methods.base import FitContext
+from lhcad.methods.base import FitContext, Method
 from lhcad.methods.per_jet import JetTaggerPair, check_parts
 from lhcad.methods.registry import build_method
 from lhcad.scores import EmpiricalCDF, Scores
@@ -90,15 +90,17 @@ class FoldEnsemble:
         return {f"fold{f}": {**tagger.state(), "cdf": cdf.sorted} for f, (tagger, cdf) in enumerate(self.members)}
 
 
-class TagNTrain:
+class TagNTrain(Method):
     """Tag N' Train: an initial per-jet tagger trained on the ``initial`` part, then ``iterations``
     iterations on the ``train`` part: cross-fitted over ``folds`` folds, or (``folds=None``, the
     paper's scheme) each on its own fresh share of ``train``."""
 
+    name = "tnt"
+
     def __init__(
         self,
         inputs: InputRepresentation,
-        initial: str | Any = "ae",
+        initial: str | Method = "ae",
         initial_overrides: Mapping[str, Any] | None = None,
         parts: Mapping[str, float] | None = None,
         signal_rich_first: float = 0.2,
@@ -111,7 +113,9 @@ class TagNTrain:
         iterations: int = 1,
     ) -> None:
         self.inputs = inputs
-        self.initial = build_method(initial, inputs, initial_overrides) if isinstance(initial, str) else initial
+        self.initial: Method = (
+            build_method(initial, inputs, initial_overrides) if isinstance(initial, str) else initial
+        )
         if not hasattr(self.initial, "jet_scores"):
             raise ValueError(f"TNT's initial tagger must be a per-jet method, got {type(self.initial).__name__}")
         self.folds = int(folds) if folds else None
@@ -137,7 +141,7 @@ class TagNTrain:
         self.classifier = dict(classifier or {"hidden": [32, 32, 16, 8], "dropout": 0.2})
         self.train = train_config(train)
         self.stages: list[Any] = []  # stage 0: the initial method; then one JetTaggerPair per iteration
-        self.samples: tuple[str, ...] = tuple(getattr(self.initial, "samples", ()))
+        self.samples: tuple[str, ...] = tuple(self.initial.samples)  # e.g. oe_vae's outliers
 
     def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None:
         if self.folds is not None:
