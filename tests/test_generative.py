@@ -12,6 +12,7 @@ from lhcad.cli._paths import CONF_DIR
 from lhcad.config import build, register_resolvers
 from lhcad.data.dataset import load_dataset
 from lhcad.data.events import Events
+from lhcad.data.transforms import order_jets
 from lhcad.evaluate.jet_mass import jet_mass_metrics, jet_mass_sculpting, nuisance_aucs
 from lhcad.evaluate.metrics import auc
 from lhcad.evaluate.sculpting import jsd
@@ -21,11 +22,15 @@ from lhcad.methods.ae import AutoEncoder
 from lhcad.methods.base import FitContext, Scores
 from lhcad.methods.registry import available_methods, build_method
 from lhcad.methods.vae import DisCoVAE, OutlierExposureVAE, VariationalAutoEncoder, plane
+from lhcad.models.adversarial import probe_adversary
 from lhcad.models.dcor import distance_correlation
 from lhcad.models.vae import VAE, cyclic_ramp, linear_ramp, vae_score, vae_terms
 from train_helpers import all_runs, run_train
 
-FEATURES = JetFeatures(["m", "sqrt_tau21", "tau21", "tau32", "tau43", "nconst"])
+# the default inputs (conf/inputs/features.yaml, checked below): scale-free, jet 1 = the harder jet
+FEATURES = JetFeatures(["m_over_pt", "sqrt_tau21", "tau21", "tau32", "tau43", "nconst"], jet_order="pt")
+# inputs that carry the jets' energy scale, so that a JES shift moves them (m and pT in GeV)
+SCALE_FEATURES = JetFeatures(["m", "pt", "sqrt_tau21", "tau21", "tau32", "tau43", "nconst"], jet_order="pt")
 METHODS = ["vae", "disco_vae", "oe_vae", "adv_ae"]
 
 
@@ -120,6 +125,26 @@ def test_mass_bin_classes_are_quantiles():
     assert np.bincount(classes).tolist() == [100, 100, 100]
 
 
+def test_probe_adversary_measures_the_nuisance_left_in_the_loss():
+    """A fresh adversary reads the class off the loss when the loss encodes it, and only then."""
+    zero = torch.nn.Linear(4, 4)  # reconstructs nothing: the loss is mean(x^2)
+    torch.nn.init.zeros_(zero.weight)
+    torch.nn.init.zeros_(zero.bias)
+    rng = np.random.default_rng(0)
+    y = torch.from_numpy(rng.integers(0, 3, 6000))
+    noise = torch.from_numpy(rng.normal(size=(6000, 4)).astype(np.float32))
+    for x, expect in ((noise * (1.0 + y[:, None].float()), "above"), (noise, "chance")):
+        acc = probe_adversary(zero, x[:5000], y[:5000], x[5000:], y[5000:], n_classes=3, seed=1)
+        chance = float(torch.bincount(y[5000:]).max()) / 1000
+        assert (acc > chance + 0.2) if expect == "above" else (acc < chance + 0.05), (expect, acc, chance)
+
+
+def test_disco_vae_rejects_unknown_decorrelation_targets():
+    with pytest.raises(ValueError, match="decorrelate"):
+        DisCoVAE(FEATURES, decorrelate="elbo")
+    assert DisCoVAE(FEATURES).decorrelate == "score"
+
+
 # ---------------------------------------------------------------------------------------------- configs
 
 
@@ -139,6 +164,14 @@ def test_configs_compose_and_instantiate(override):
     assert set(METHODS) <= set(available_methods())
 
 
+def test_the_fixture_features_are_the_default_inputs():
+    register_resolvers()
+    with initialize_config_dir(CONF_DIR):
+        cfg = compose("config", overrides=["data=tiny"])
+        default = build(cfg.inputs)
+    assert (default.names, default.jet_order) == (FEATURES.names, FEATURES.jet_order)
+
+
 def test_tnt_takes_the_generative_taggers_as_initial():
     tnt = build_method("tnt", FEATURES, {"initial": "oe_vae", "initial_overrides": {"form": "kl"}})
     assert tnt.samples == ("outliers",) and tnt.initial.form == "kl"
@@ -151,23 +184,29 @@ def test_tnt_takes_the_generative_taggers_as_initial():
 def fixture_split(fixture_dir):
     """Training events (qcd + ~9% signal), test events (qcd + signal), held-out signal, outliers."""
     data = load_dataset(fixture_dir, ("qcd", "signal", "outliers"))
+    # jet 1 / jet 2 as the pipeline orders them for the default inputs
+    data = {name: order_jets(events, FEATURES.jet_order) for name, events in data.items()}
     qcd, sig = data["qcd"], data["signal"]
     train = Events.concat([qcd.take(slice(0, 5200)), sig.take(slice(0, 520))])
     test = Events.concat([qcd.take(slice(5200, None)), sig.take(slice(520, 780))])
     return train, test, sig.take(slice(780, None)), data["outliers"]
 
 
-def _fit(method, split, seed=0):
+def _fit(method, split, seed=0, logged=None):
+    """Fit on the training part; the metrics the method reports while fitting go into ``logged``."""
     train, _, _, outliers = split
-    method.fit({"train": train}, FitContext(seed=seed, samples={"outliers": outliers}))
+    logged = {} if logged is None else logged
+    method.fit({"train": train}, FitContext(seed=seed, samples={"outliers": outliers},
+                                            log_metrics=lambda metrics, step=None: logged.update(metrics)))
     return method
 
 
-def _evaluate(method, split) -> dict[str, float]:
+def _evaluate(method, split, logged=None) -> dict[str, float]:
     _, test, signal, _ = split
     test_scores, signal_scores = method.score(test), method.score(signal)
     background = test_scores.event[test.labels == 0]
-    return {"auc": auc(background, signal_scores.event)} | method.extra_metrics(test, test_scores, signal, signal_scores)
+    metrics = method.extra_metrics(test, test_scores, signal, signal_scores)
+    return dict(logged or {}) | {"auc": auc(background, signal_scores.event)} | metrics
 
 
 @pytest.fixture(scope="module")
@@ -179,29 +218,63 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# conf/method/adv_ae.yaml's schedule (the class defaults are paper 002's 1500 rounds)
+ADV_SCHEDULE = {"rounds": 60, "decay_every": 20}
+
+
 @pytest.fixture(scope="module")
 def results(fixture_split, one_thread):
+    """Every method once (seed 0) on the fixture. The thresholds of the tests below hold for seeds
+    0-4 with at least the margin quoted in each (docs/reproductions.md has the numbers)."""
     methods = {
         "ae": AutoEncoder(FEATURES),
+        "ae_scale": AutoEncoder(SCALE_FEATURES),
         "vae": VariationalAutoEncoder(FEATURES),
         "disco_vae": DisCoVAE(FEATURES),
+        "disco_vae_eq8": DisCoVAE(FEATURES, decorrelate="loss"),
         "oe_vae": OutlierExposureVAE(FEATURES, form="mse"),
-        "adv_ae": AdversarialAutoEncoder(FEATURES),
+        "adv_ae": AdversarialAutoEncoder(FEATURES, schedule=ADV_SCHEDULE),
     }
-    return {name: _evaluate(_fit(m, fixture_split), fixture_split) for name, m in methods.items()}
+    out = {}
+    for name, method in methods.items():
+        logged: dict[str, float] = {}
+        out[name] = _evaluate(_fit(method, fixture_split, logged=logged), fixture_split, logged)
+    return out
+
+
+def _jsd(results, name):
+    return np.array([results[name][f"jsd_mjet/jet{j}"] for j in (1, 2)])
 
 
 def test_disco_vae_sculpts_the_jet_mass_less_than_vae(results):
-    disco, vae = (np.array([results[m][f"jsd_mjet/jet{j}"] for j in (1, 2)]) for m in ("disco_vae", "vae"))
-    assert (disco < vae).all() and disco.mean() < 0.6 * vae.mean(), results
+    # seeds 0-4: disco_vae 0.026-0.055, vae 0.27-0.36 per jet (ratio <= 0.2)
+    assert (_jsd(results, "disco_vae") < 0.4 * _jsd(results, "vae")).all(), results
 
 
-def test_adv_ae_is_less_sensitive_to_the_jes_than_ae(results):
-    assert results["adv_ae"]["auc_nuisance/spread"] < 0.5 * results["ae"]["auc_nuisance/spread"], results
-    assert results["adv_ae"]["auc_nuisance/nominal"] > 0.5
+def test_disco_vae_decorrelates_the_score_not_the_training_loss(results):
+    """Eq. 8 taken literally (dCor with MSE + 0.1 KL) leaves the NLL score (MSE + KL) mass-correlated."""
+    # seeds 0-4, mean over the jets: 0.038-0.045 against 0.10-0.21 (ratio <= 0.37)
+    assert _jsd(results, "disco_vae").mean() < 0.6 * _jsd(results, "disco_vae_eq8").mean(), results
+
+
+def test_scale_free_inputs_make_the_autoencoders_blind_to_the_jes(results):
+    """A common JES factor leaves m/pT, the tau ratios and n_const unchanged: the AUC cannot move,
+    and the adversary cannot read the JES class off the loss before any adversarial training."""
+    for name in ("ae", "adv_ae"):
+        assert results[name]["auc_nuisance/spread"] < 1e-3, results[name]  # seeds 0-4: 0.0000
+    adv = results["adv_ae"]
+    for j in (1, 2):  # seeds 0-4: accuracy - chance <= 0.011 (chance = the most frequent class)
+        accuracy = adv[f"adv_ae/adversary_acc_pretrain_jet{j}"]
+        assert accuracy < adv[f"adv_ae/adversary_chance_jet{j}"] + 0.05, adv
+
+
+def test_inputs_carrying_the_energy_scale_make_the_ae_jes_sensitive(results):
+    # m and pT in GeV: seeds 0-4, spread 0.24-0.27
+    assert results["ae_scale"]["auc_nuisance/spread"] > 0.1, results["ae_scale"]
 
 
 def test_oe_vae_separates_the_signal_better_than_vae(results):
+    # seeds 0-4: AUC 0.83-0.85 against 0.67-0.68; JSD jet 1 0.03-0.07 against 0.31-0.36
     assert results["oe_vae"]["auc"] > results["vae"]["auc"] + 0.05, results
     assert results["oe_vae"]["jsd_mjet/jet1"] < results["vae"]["jsd_mjet/jet1"], results
 
@@ -242,6 +315,8 @@ def test_train_py_logs_standard_and_method_metrics(method, tmp_path):
     assert {"auc", "val_loss", "jsd_mjj/eff_0.1", "jsd_mjet/jet1", "eff_s_at_eff_b_0.05/jet2"} <= set(m)
     if method == "adv_ae":
         assert {"auc_nuisance/up", "auc_nuisance/nominal", "auc_nuisance/down", "auc_nuisance/spread"} <= set(m)
+        kinds = ("acc_pretrain", "acc_final", "acc_probe", "chance")
+        assert {f"adv_ae/adversary_{k}_jet{j}" for k in kinds for j in (1, 2)} <= set(m)
 
 
 @pytest.mark.slow

@@ -5,6 +5,14 @@ reconstruction loss, the event's jet-energy-scale class (``target: jes``: every 
 shifted up / kept / shifted down by ``jes_shift`` at random, :func:`~lhcad.data.transforms.jes_variations`)
 or the jet's mass bin (``target: mass_bins``: ``mass_bins`` quantile bins, for mass
 decorrelation). Score and event combination as for ``ae``.
+
+Logged while fitting, per jet: the adversary's held-out accuracy after pretraining
+(``adv_ae/adversary_acc_pretrain_jet{j}``: can it see the nuisance at all?), after the last round
+(``..._final_...``), that of a fresh adversary trained on the final losses (``..._probe_...``: how
+much nuisance information the loss still carries; the in-training adversary can be fooled without
+the information going away), and chance, the most frequent class (``adv_ae/adversary_chance_jet{j}``).
+With the default scale-free inputs the JES classes are invisible to the autoencoder (see
+conf/method/adv_ae.yaml).
 """
 
 from __future__ import annotations
@@ -99,7 +107,17 @@ class AdversarialAutoEncoder(PerJetMethod):
             taggers.append(JetTagger(ae, scaler, "reconstruction", history, ctx.device))
         self.pair = JetTaggerPair(self.inputs, *taggers)
         self.pair.calibrate(events)
-        ctx.log_metrics({f"adv_ae/val_loss_jet{j}": t.val_loss for j, t in zip((1, 2), taggers)}, None)
+        metrics = {}
+        for j, t in zip((1, 2), taggers):
+            h = t.history
+            metrics |= {
+                f"adv_ae/val_loss_jet{j}": t.val_loss,
+                f"adv_ae/adversary_acc_pretrain_jet{j}": h.adversary_acc_pretrain,
+                f"adv_ae/adversary_acc_final_jet{j}": h.adversary_acc_final,
+                f"adv_ae/adversary_acc_probe_jet{j}": h.adversary_acc_probe,
+                f"adv_ae/adversary_chance_jet{j}": h.adversary_chance,
+            }
+        ctx.log_metrics(metrics, None)
 
     def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
         """Jet-mass sculpting (paper 004 eq. 14) and the AUC per JES class with its spread (paper 002)."""

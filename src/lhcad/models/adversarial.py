@@ -16,10 +16,11 @@ Batches are slices of a seeded permutation of tensors on the device; the global 
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,7 +30,14 @@ from tqdm.auto import tqdm
 from lhcad.models.autoencoders import reconstruction_error
 from lhcad.models.training import History, resolve_device, seeded
 
-__all__ = ["AdversarialConfig", "Adversary", "adversary_input", "train_adversarial"]
+__all__ = [
+    "AdversarialConfig",
+    "AdversarialHistory",
+    "Adversary",
+    "adversary_input",
+    "probe_adversary",
+    "train_adversarial",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,28 @@ class AdversarialConfig:
     decay_factor: float = 0.75
     #: random part held out to monitor the reconstruction loss (no early stopping)
     val_fraction: float = 0.1
+
+
+@dataclass
+class AdversarialHistory(History):
+    """:class:`~lhcad.models.training.History` of the autoencoder plus the adversary's record.
+
+    Accuracies and cross entropies are measured on the held-out rows (NaN without them):
+    ``*_pretrain`` after the pretraining (steps 1-2, before any adversarial round), ``*_final``
+    after the last round. ``adversary_chance`` is the accuracy of always guessing the most frequent
+    class of the held-out rows: an adversary at chance cannot tell the classes apart from the loss,
+    so the nuisance is invisible to it and adversarial training can remove nothing.
+    """
+
+    adversary_acc_pretrain: float = float("nan")
+    adversary_acc_final: float = float("nan")
+    adversary_ce_pretrain: float = float("nan")
+    adversary_ce_final: float = float("nan")
+    adversary_chance: float = float("nan")
+    #: a fresh adversary trained on the final autoencoder's losses (:func:`probe_adversary`)
+    adversary_acc_probe: float = float("nan")
+    #: adversary accuracy on the held-out rows after every round (pretraining = round 0)
+    adversary_acc: list[float] = field(default_factory=list)
 
 
 class Adversary(nn.Module):
@@ -100,12 +130,54 @@ def _epoch(
 
 
 @torch.no_grad()
-def _evaluate(ae: nn.Module, adversary: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(mean reconstruction error, adversary cross entropy) in eval mode."""
+def _evaluate(
+    ae: nn.Module, adversary: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, float, float]:
+    """(mean reconstruction error, adversary cross entropy, adversary accuracy) in eval mode."""
     ae.eval()
     adversary.eval()
     errors = reconstruction_error(ae, x)
-    return float(errors.mean()), float(nn.functional.cross_entropy(adversary(adversary_input(errors)), y))
+    logits = adversary(adversary_input(errors))
+    accuracy = float((logits.argmax(dim=1) == y).double().mean())
+    return float(errors.mean()), float(nn.functional.cross_entropy(logits, y)), accuracy
+
+
+def probe_adversary(
+    ae: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    n_classes: int = 3,
+    hidden: Sequence[int] = (20, 20),
+    like: nn.Module | None = None,
+    epochs: int = 5,
+    lr: float = 0.01,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> float:
+    """Held-out accuracy of a *fresh* adversary trained on ``ae``'s (frozen) losses.
+
+    The adversary inside :func:`train_adversarial` can be beaten without the nuisance information
+    leaving the loss: the autoencoder only has to move its losses where that adversary is wrong.
+    A new adversary trained from scratch on the final losses measures what information is left.
+    It is an ``Adversary(n_classes, hidden)``, or a re-initialised copy of ``like``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with seeded(seed):
+        if like is None:
+            probe = Adversary(n_classes, hidden=tuple(hidden))
+        else:
+            probe = copy.deepcopy(like)
+            for layer in probe.modules():
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+        probe = probe.to(x_train.device)
+        optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
+        for _ in range(epochs):
+            _epoch(ae, probe, x_train, y_train, optimizer, "adv", 0.0, batch_size, generator)
+    return _evaluate(ae, probe, x_val, y_val)[2]
 
 
 def train_adversarial(
@@ -119,12 +191,13 @@ def train_adversarial(
     device: str | torch.device = "cpu",
     desc: str = "adversarial ae",
     progress: bool = False,
-) -> History:
+) -> AdversarialHistory:
     """Train ``ae`` and ``adversary`` in place with paper 002's schedule; returns the AE's history.
 
     ``classes`` are integer nuisance classes in ``[0, n_classes)``. ``History.val_loss`` holds the
     reconstruction loss of the held-out rows after every round (pretraining counts as round 0);
-    the final weights are kept (no early stopping), as in the paper.
+    the final weights are kept (no early stopping), as in the paper. The history also records the
+    adversary's held-out accuracy before the first adversarial round and after the last one.
     """
     dev = torch.device(resolve_device(device))
     ae.to(dev)
@@ -141,15 +214,24 @@ def train_adversarial(
 
     opt_ae = torch.optim.Adam(ae.parameters(), lr=config.lr)
     opt_adv = torch.optim.Adam(adversary.parameters(), lr=config.adv_lr)
-    history = History([], [], best_epoch=-1, stopped_early=False, n_train=len(xt), n_val=len(xv), seconds=0.0)
+    history = AdversarialHistory(
+        [], [], best_epoch=-1, stopped_early=False, n_train=len(xt), n_val=len(xv), seconds=0.0
+    )
+    if n_val:
+        history.adversary_chance = float(torch.bincount(yv).max()) / n_val
     start = time.perf_counter()
 
-    def record(train_loss: float) -> None:
+    def record(train_loss: float) -> tuple[float, float]:
+        """Log one round; returns the adversary's held-out (cross entropy, accuracy)."""
         history.train_loss.append(train_loss)
         history.lr.append(opt_ae.param_groups[0]["lr"])
-        if n_val:
-            history.val_loss.append(_evaluate(ae, adversary, xv, yv)[0])
         history.best_epoch = len(history.train_loss) - 1
+        if not n_val:
+            return float("nan"), float("nan")
+        mse, ce, acc = _evaluate(ae, adversary, xv, yv)
+        history.val_loss.append(mse)
+        history.adversary_acc.append(acc)
+        return ce, acc
 
     with seeded(seed):
         loss = float("nan")
@@ -157,7 +239,7 @@ def train_adversarial(
             loss = _epoch(ae, adversary, xt, yt, opt_ae, "ae", config.alpha, config.batch_size, generator)
         for _ in range(config.pretrain_adv_epochs):
             _epoch(ae, adversary, xt, yt, opt_adv, "adv", config.alpha, config.batch_size, generator)
-        record(loss)
+        history.adversary_ce_pretrain, history.adversary_acc_pretrain = record(loss)
         bar = tqdm(range(config.rounds), desc=desc, disable=not progress, leave=False, unit="round")
         for r in bar:
             if r > 0 and config.decay_every > 0 and r % config.decay_every == 0:
@@ -174,9 +256,18 @@ def train_adversarial(
     ae.eval()
     adversary.eval()
     history.seconds = time.perf_counter() - start
-    mse, ce = _evaluate(ae, adversary, xv, yv) if n_val else (float("nan"), float("nan"))
+    mse, ce, acc = _evaluate(ae, adversary, xv, yv) if n_val else (float("nan"),) * 3
+    history.adversary_ce_final, history.adversary_acc_final = ce, acc
+    if n_val:
+        history.adversary_acc_probe = probe_adversary(
+            ae, xt, yt, xv, yv, like=adversary, epochs=max(1, config.pretrain_adv_epochs),
+            lr=config.adv_lr, batch_size=config.batch_size, seed=seed + 1,
+        )
+    ae.eval()
     log.info(
-        "%s: %d rounds in %.1f s on %s, val reconstruction %.4g, adversary cross entropy %.4g (chance %.4g)",
+        "%s: %d rounds in %.1f s on %s, val reconstruction %.4g, adversary cross entropy %.4g (chance %.4g), "
+        "accuracy %.3f before the adversarial rounds, %.3f after, %.3f of a fresh adversary (chance %.3f)",
         desc, config.rounds, history.seconds, dev, mse, ce, float(np.log(int(y.max()) + 1)),
+        history.adversary_acc_pretrain, acc, history.adversary_acc_probe, history.adversary_chance,
     )
     return history

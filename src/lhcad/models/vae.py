@@ -20,7 +20,7 @@ from torch import nn
 from lhcad.models.autoencoders import ConvAutoencoder, _dense_stack
 from lhcad.models.cnn import as_image_batch
 
-__all__ = ["SCORES", "VAE", "cyclic_ramp", "linear_ramp", "vae_score", "vae_terms"]
+__all__ = ["SCORES", "VAE", "cyclic_ramp", "linear_ramp", "score_from_terms", "vae_score", "vae_terms"]
 
 #: anomaly scores of a VAE: nll = mse + kl, mse, kl
 SCORES = ("nll", "mse", "kl")
@@ -73,9 +73,8 @@ def vae_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mse, kl
 
 
-def vae_score(model: VAE, x: torch.Tensor, kind: str = "nll") -> torch.Tensor:
-    """Per-sample anomaly score: ``nll`` (mse + kl), ``mse`` or ``kl``."""
-    mse, kl = vae_terms(model, x)
+def score_from_terms(mse: torch.Tensor, kl: torch.Tensor, kind: str = "nll") -> torch.Tensor:
+    """Per-sample anomaly score from the terms of :func:`vae_terms`: ``nll`` (mse + kl), ``mse`` or ``kl``."""
     if kind == "nll":
         return mse + kl
     if kind == "mse":
@@ -83,6 +82,12 @@ def vae_score(model: VAE, x: torch.Tensor, kind: str = "nll") -> torch.Tensor:
     if kind == "kl":
         return kl
     raise ValueError(f"unknown VAE score {kind!r}; choose one of {SCORES}")
+
+
+def vae_score(model: VAE, x: torch.Tensor, kind: str = "nll") -> torch.Tensor:
+    """Per-sample anomaly score: ``nll`` (mse + kl), ``mse`` or ``kl``."""
+    mse, kl = vae_terms(model, x)
+    return score_from_terms(mse, kl, kind)
 
 
 def linear_ramp(step: int, ramp_steps: int) -> float:
