@@ -16,7 +16,7 @@ from lhcad.models import (
     DenseAutoencoder,
     TrainConfig,
     bce_loss,
-    evaluate,
+    mean_loss,
     fit,
     make_optimizer,
     predict,
@@ -138,8 +138,8 @@ def test_early_stopping_restores_best_weights():
     assert len(history.val_loss) < config.epochs
     assert history.best_epoch == int(np.argmin(history.val_loss))
     assert history.best_epoch < len(history.val_loss) - 1  # the last epoch was worse
-    assert evaluate(model, bce_loss, val) == pytest.approx(min(history.val_loss), rel=1e-6)
-    assert evaluate(model, bce_loss, val) < history.val_loss[-1]
+    assert mean_loss(model, bce_loss, val) == pytest.approx(min(history.val_loss), rel=1e-6)
+    assert mean_loss(model, bce_loss, val) < history.val_loss[-1]
 
 
 def test_no_validation_rows_trains_all_epochs(caplog):

@@ -11,17 +11,8 @@ from lhcad.data import draw_sample, load_dataset
 from lhcad.inputs import DijetFeatures, JetFeatures, JetImages
 from lhcad.methods.base import FitContext
 from lhcad.methods.salad import SALAD, weighted_auc
-from lhcad.methods.sideband import (
-    OUTSIDE,
-    SB_HIGH,
-    SB_LOW,
-    SR,
-    CWoLa,
-    CWoLaIdeal,
-    MassWindows,
-    SACWoLa,
-    sideband_weights,
-)
+from lhcad.methods.sideband import CWoLa, CWoLaIdeal, SACWoLa
+from lhcad.windows import OUTSIDE, SB_HIGH, SB_LOW, SR, MassWindows, sideband_weights
 from lhcad.pipeline import apply_transforms
 from train_helpers import all_runs, run_train
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from lhcad.inputs import InputRepresentation, Scaler
 from lhcad.models import MLP, TNTCNN, ConvAutoencoder, DenseAutoencoder
+from lhcad.models.vae import vae_score
 from lhcad.models.training import (
     History,
     TrainConfig,
@@ -92,7 +93,8 @@ def balanced_weights(labels: np.ndarray) -> np.ndarray:
 class JetTagger:
     """A trained network with its input scaling: ``tagger(x)`` -> one score per row (larger = more anomalous).
 
-    ``kind`` is "reconstruction" (autoencoder: score = per-jet MSE) or "logit" (classifier output).
+    ``kind`` is "reconstruction" (autoencoder: score = per-jet MSE), "logit" (classifier output) or
+    "vae_nll" / "vae_mse" / "vae_kl" (a VAE's anomaly score, :func:`lhcad.models.vae.vae_score`).
     """
 
     model: nn.Module
@@ -105,6 +107,9 @@ class JetTagger:
         xs = torch.from_numpy(self.scaler(x))
         if self.kind == "reconstruction":
             return predict(self.model, xs, device=self.device, fn=reconstruction_error)
+        if self.kind.startswith("vae_"):
+            score = self.kind.removeprefix("vae_")
+            return predict(self.model, xs, device=self.device, fn=lambda m, xb: vae_score(m, xb, score))
         return predict(self.model, xs, device=self.device)
 
     @property

@@ -39,7 +39,7 @@ from lhcad.methods.base import FitContext, Method
 from lhcad.methods.per_jet import check_parts
 from lhcad.methods.reweighting import SidebandReweighter
 from lhcad.scores import Scores
-from lhcad.windows import OUTSIDE, SB_HIGH, SB_LOW, SR, MassWindows, sideband_weights  # noqa: F401 (OUTSIDE)
+from lhcad.windows import SB_HIGH, SB_LOW, SR, MassWindows, sideband_weights
 
 log = logging.getLogger(__name__)
 

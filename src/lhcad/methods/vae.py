@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,38 +31,16 @@ import torch
 from lhcad.data.events import Events
 from lhcad.evaluate.jet_mass import jet_mass_metrics
 from lhcad.inputs import InputRepresentation, Scaler
-from lhcad.methods._nets import train_config
+from lhcad.methods._nets import JetTagger, train_config
 from lhcad.methods.base import FitContext, Scores
 from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
 from lhcad.models.dcor import distance_correlation
-from lhcad.models.training import History, TrainConfig, fit, predict, seeded
-from lhcad.models.vae import SCORES, VAE, cyclic_ramp, linear_ramp, score_from_terms, vae_score, vae_terms
+from lhcad.models.training import TrainConfig, fit, seeded
+from lhcad.models.vae import SCORES, VAE, cyclic_ramp, linear_ramp, score_from_terms, vae_terms
 
-__all__ = ["DisCoVAE", "OutlierExposureVAE", "VAETagger", "VariationalAutoEncoder", "plane"]
+__all__ = ["DisCoVAE", "OutlierExposureVAE", "VariationalAutoEncoder", "plane"]
 
 LossFn = Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
-
-
-@dataclass
-class VAETagger:
-    """A trained VAE with its input scaling: ``tagger(x)`` -> one anomaly score per row."""
-
-    model: VAE
-    scaler: Scaler
-    score: str
-    history: History
-    device: str = "cpu"
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        kind = self.score
-        return predict(self.model, torch.from_numpy(self.scaler(x)), device=self.device, fn=lambda m, xb: vae_score(m, xb, kind))
-
-    @property
-    def val_loss(self) -> float:
-        return float(min(self.history.val_loss)) if self.history.val_loss else float("nan")
-
-    def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "scaler": self.scaler.state(), "score": self.score}
 
 
 class _Steps:
@@ -140,7 +117,7 @@ class VariationalAutoEncoder(PerJetMethod):
                 return VAE.dense(shape[0], hidden=tuple(self.dense["hidden"]), latent=int(self.dense["latent"]))
             return VAE.conv(shape[0], shape[-1], latent=int(self.conv["latent"]))
 
-    def _train_jet(self, events: Events, j: int, ctx: FitContext) -> VAETagger:
+    def _train_jet(self, events: Events, j: int, ctx: FitContext) -> JetTagger:
         x = self.inputs.jet(events, j)
         scaler = Scaler.fit(x)
         seed = ctx.seed * 1000 + j
@@ -149,7 +126,7 @@ class VariationalAutoEncoder(PerJetMethod):
             model, self._loss(len(x)), self._tensors(events, j, scaler), config=self.train, seed=seed,
             device=ctx.device, desc=f"{self.name} jet {j}", progress=ctx.progress,
         )
-        return VAETagger(model, scaler, self.score_kind, history, ctx.device)
+        return JetTagger(model, scaler, f"vae_{self.score_kind}", history, ctx.device)
 
     def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None:
         check_parts(splits, ["train"], self.name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["distance_correlation", "distance_covariance_sqr"]
+__all__ = ["distance_correlation"]
 
 #: keeps ``sqrt`` differentiable when a distance variance is exactly zero
 _EPS = 1e-12
@@ -19,11 +19,6 @@ def _centred_distances(x: torch.Tensor) -> torch.Tensor:
     """Double-centred pairwise distance matrices ``A_ij`` of ``(..., n)`` samples -> ``(..., n, n)``."""
     a = (x.unsqueeze(-1) - x.unsqueeze(-2)).abs()
     return a - a.mean(dim=-1, keepdim=True) - a.mean(dim=-2, keepdim=True) + a.mean(dim=(-2, -1), keepdim=True)
-
-
-def distance_covariance_sqr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Squared distance covariance ``dCov^2(x, y)`` of 1-d samples along the last dimension."""
-    return (_centred_distances(x) * _centred_distances(y)).mean(dim=(-2, -1))
 
 
 def distance_correlation(x: torch.Tensor, y: torch.Tensor, *, squared: bool = False) -> torch.Tensor:

@@ -34,7 +34,7 @@ __all__ = [
     "LossFn",
     "TrainConfig",
     "bce_loss",
-    "evaluate",
+    "mean_loss",
     "fit",
     "make_optimizer",
     "predict",
@@ -227,7 +227,7 @@ def _split(
     return tuple(t[train_idx] for t in tensors), tuple(t[val_idx] for t in tensors)
 
 
-def evaluate(
+def mean_loss(
     model: nn.Module, loss_fn: LossFn, inputs: tuple[torch.Tensor, ...], *, batch_size: int = VAL_CHUNK
 ) -> float:
     """Mean loss over ``inputs`` in eval mode without gradients, in chunks weighted by their size."""
@@ -367,7 +367,7 @@ def _run(
             history.best_epoch = epoch
             bar.set_postfix(train=f"{train_loss:.4g}")
             continue
-        val_loss = evaluate(model, loss_fn, val)
+        val_loss = mean_loss(model, loss_fn, val)
         _check_finite(val_loss, "validation", epoch)
         history.val_loss.append(val_loss)
         bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
