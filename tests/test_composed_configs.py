@@ -42,6 +42,20 @@ def test_composed_method_config_is_unchanged(method):
     assert composed(method) == expected[method]
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_registry_composes_like_hydra(method):
+    """lhcad.methods.registry (TNT's initial tagger is built through it) reads a method file's
+    defaults list (other methods, config groups such as /training@train) exactly as Hydra does."""
+    from lhcad.methods.registry import method_config
+
+    register_resolvers()
+    with initialize_config_dir(CONF_DIR):
+        cfg = compose("config", overrides=[f"method={method}", "data=tiny"])
+    hydra_node = OmegaConf.to_container(cfg.method, resolve=False)
+    ours = OmegaConf.to_container(method_config(method), resolve=False)
+    assert ours == hydra_node
+
+
 if __name__ == "__main__" and "--write" in sys.argv:
     SNAPSHOT.write_text(json.dumps({m: composed(m) for m in METHODS}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {SNAPSHOT}")

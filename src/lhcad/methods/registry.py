@@ -27,9 +27,20 @@ def method_config(name: str) -> DictConfig:
     if not path.is_file():
         raise ValueError(f"unknown method {name!r}; choose one of {available_methods()}")
     cfg = OmegaConf.load(path)
-    bases = [b for b in cfg.pop("defaults", []) if b != "_self_"]
-    merged = OmegaConf.merge(*(method_config(str(b)) for b in bases), cfg) if bases else cfg
+    parts = [_default_entry(entry) for entry in cfg.pop("defaults", []) if entry != "_self_"]
+    merged = OmegaConf.merge(*parts, cfg) if parts else cfg
     return merged  # type: ignore[return-value]
+
+
+def _default_entry(entry: Any) -> DictConfig:
+    """One entry of a method file's defaults list, as Hydra composes it: another method's name
+    (``cwola``) or an absolute config group placed at a key (``/training@train: tnt``)."""
+    if isinstance(entry, str):
+        return method_config(entry)
+    ((key, option),) = dict(entry).items()
+    group, _, package = str(key).lstrip("/").partition("@")
+    node = OmegaConf.load(Path(CONF_DIR) / group / f"{option}.yaml")
+    return OmegaConf.create({package or group: node})
 
 
 def build_method(name: str, inputs: InputRepresentation, overrides: Mapping[str, Any] | None = None) -> Any:
