@@ -147,7 +147,7 @@ class SearchStatistic(Protocol):
     ``scores`` its scores; the statistic must not modify either. With ``reference`` (the closure
     pass: ``test`` is then the test background alone and ``reference`` the full test sample's
     scores) each selection must use the score threshold that keeps its efficiency of
-    ``reference`` (see :func:`lhcad.stats.select_at_efficiency`), and no figures are wanted.
+    ``reference`` (see :func:`lhcad.evaluate.selection.select_at_efficiency`), and no figures are wanted.
     Significances are metrics named ``sig_*``: the closure verdict reads those.
     """
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["n_kept", "select_efficiency", "threshold_at_efficiency"]
+__all__ = ["n_kept", "select_at_efficiency", "select_efficiency", "threshold_at_efficiency"]
 
 
 def _check_efficiency(efficiency: float) -> float:
@@ -54,3 +56,26 @@ def threshold_at_efficiency(scores: ArrayLike, efficiency: float) -> float:
     if k == 0:
         return float("nan")
     return float(np.asarray(scores, dtype=np.float64)[order[k - 1]])
+
+
+def select_at_efficiency(
+    scores: np.ndarray, efficiency: float, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """Mask of the events passing the score cut that keeps ``efficiency`` of ``reference``.
+
+    The cut is the lowest score ``t`` that :func:`select_efficiency` keeps on
+    ``reference``; where that selection keeps only part of the reference events tied at ``t``, the
+    same fraction of the events at ``t`` is kept here, earliest first. Without ``reference`` (or
+    with ``scores`` as their own reference) this is exactly ``select_efficiency(scores, efficiency)``.
+    """
+    if reference is None:
+        return select_efficiency(scores, efficiency)
+    s, ref = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
+    t = threshold_at_efficiency(ref, efficiency)
+    if math.isnan(t):
+        return np.zeros(len(s), bool)
+    tied_fraction = (n_kept(len(ref), efficiency) - int(np.sum(ref > t))) / int(np.sum(ref == t))
+    mask = s > t
+    tied = np.flatnonzero(s == t)
+    mask[tied[: round(tied_fraction * len(tied))]] = True
+    return mask

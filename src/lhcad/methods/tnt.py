@@ -154,15 +154,9 @@ class TagNTrain(Method):
             events = splits[name]
             previous = self.stages[-1]
             s1, s2 = previous.jet_scores(events)
-            frac = self.signal_rich_first if it == 1 else self.signal_rich_later
             taggers, metrics = [], {}
             for j, other in ((1, s2), (2, s1)):
-                sig, bkg = tag_events(other, frac, self.background_rich, events["mjj"], self.mjj_window)
-                if sig.sum() < 2:
-                    raise ValueError(
-                        f"TNT iteration {it}: only {int(sig.sum())} signal-rich events for jet {j} "
-                        f"(part '{name}' has {len(events)} events); use more events or a wider mjj_window"
-                    )
+                sig, bkg = self._tag(other, it, events["mjj"], j, f"part '{name}'")
                 rows = sig | bkg
                 x = self.inputs.jet(events, j)[rows]
                 tagger = train_classifier(
@@ -170,15 +164,7 @@ class TagNTrain(Method):
                     device=ctx.device, desc=f"tnt iter {it} jet {j}", progress=ctx.progress,
                 )
                 taggers.append(tagger)
-                labels = events.labels
-                metrics |= {
-                    f"tnt/n_signal_rich_jet{j}": float(sig.sum()),
-                    f"tnt/n_background_rich_jet{j}": float(bkg.sum()),
-                    # truth, for monitoring only: the signal purity the classifier learned from
-                    f"tnt/signal_rich_purity_jet{j}": float(labels[sig].mean()),
-                    f"tnt/background_rich_purity_jet{j}": float(labels[bkg].mean()) if bkg.any() else float("nan"),
-                    f"tnt/val_loss_jet{j}": tagger.val_loss,
-                }
+                metrics |= self._tag_metrics(j, sig, bkg, events.labels) | {f"tnt/val_loss_jet{j}": tagger.val_loss}
             ctx.log_metrics(metrics, it)
             self.stages.append(JetTaggerPair(self.inputs, *taggers))
         # every stage's CDFs from the last training part (never the test sample)

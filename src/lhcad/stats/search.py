@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 
 from lhcad.data.events import Events
 from lhcad.evaluate.run_evaluation import StatisticResult
-from lhcad.evaluate.selection import n_kept, select_efficiency, threshold_at_efficiency
+from lhcad.evaluate.selection import select_at_efficiency
 from lhcad.scores import Scores
 from lhcad.stats.abcd import abcd_estimate, abcd_validation, jet_cuts_at_efficiency
 from lhcad.stats.fits import BinnedFit, dijet_prediction, fit_cubic_gaussian, fit_dijet
@@ -59,29 +59,6 @@ def _check_efficiencies(values: Sequence[float]) -> tuple[float, ...]:
     if any(not 0.0 < v <= 1.0 for v in out):
         raise ValueError(f"efficiencies must be in (0, 1], got {out}")
     return out
-
-
-def select_at_efficiency(
-    scores: np.ndarray, efficiency: float, reference: np.ndarray | None = None
-) -> np.ndarray:
-    """Mask of the events passing the score cut that keeps ``efficiency`` of ``reference``.
-
-    The cut is the lowest score ``t`` that :func:`~lhcad.evaluate.select_efficiency` keeps on
-    ``reference``; where that selection keeps only part of the reference events tied at ``t``, the
-    same fraction of the events at ``t`` is kept here, earliest first. Without ``reference`` (or
-    with ``scores`` as their own reference) this is exactly ``select_efficiency(scores, efficiency)``.
-    """
-    if reference is None:
-        return select_efficiency(scores, efficiency)
-    s, ref = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
-    t = threshold_at_efficiency(ref, efficiency)
-    if math.isnan(t):
-        return np.zeros(len(s), bool)
-    tied_fraction = (n_kept(len(ref), efficiency) - int(np.sum(ref > t))) / int(np.sum(ref == t))
-    mask = s > t
-    tied = np.flatnonzero(s == t)
-    mask[tied[: round(tied_fraction * len(tied))]] = True
-    return mask
 
 
 def _selections(
