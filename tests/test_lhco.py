@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shlex
+import shutil
 from pathlib import Path
 
 import awkward as ak
@@ -17,22 +20,31 @@ import numpy as np
 import pandas as pd
 import pytest
 import vector
+from omegaconf import OmegaConf
 
+from lhcad.cli.convert_lhco import build_parser
 from lhcad.cli.convert_lhco import main as convert_main
-from lhcad.data import storage
+from lhcad.config import ConfigError
+from lhcad.data import Events, storage
 from lhcad.data.jets import JetConfig, build_events, massless_from_ptetaphi, particles_from_arrays
 from lhcad.data.lhco import (
     FEATURES_FILE_COLUMNS,
     RAW_N_COLUMNS,
     RAW_N_PARTICLES,
+    check_samples_present,
+    convert_hint,
     convert_lhco,
     iter_lhco_features,
     iter_lhco_raw,
+    mixed_sources,
     read_lhco_features,
     read_lhco_raw,
+    sample_provenance,
 )
 from lhcad.data.schema import CONSTITUENT_KEYS, FEATURE_COLUMNS, IMAGE_KEYS
 from lhcad.data.storage import DatasetError
+from lhcad.inputs import JetFeatures, check_inputs_available
+from lhcad.paths import CONF_DIR, REPO_ROOT
 
 N_EVENTS = 48
 SIGNAL_EVERY = 3  # rows with index % 3 == 0 get label 1
@@ -447,3 +459,271 @@ def test_convert_bad_input_leaves_no_output(tmp_path):
     with pytest.raises(DatasetError, match="not an HDF5 file"):
         convert_lhco(path, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ LHC Olympics files as users have them
+
+DEFAULT_INPUTS = ["m_over_pt", "sqrt_tau21", "tau21", "tau32", "tau43", "nconst"]  # conf/inputs/features.yaml
+FEATURES_FILE_INPUTS = ["m_over_pt", "sqrt_tau21", "tau21", "tau32"]
+FIXTURE = Path(__file__).parent / "data" / "fixture"
+
+
+def label_file(tmp_path: Path, label: int, name: str) -> Path:
+    """A features-layout file holding only the rows of one label (as the per-process files do)."""
+    df = features_frame()
+    path = tmp_path / name
+    df[df["label"] == label].reset_index(drop=True).to_hdf(path, key="df", format="fixed")
+    return path
+
+
+def manifest_of(root: Path) -> dict:
+    return json.loads((root / "manifest.json").read_text())
+
+
+def test_features_dataset_records_missing_columns_and_default_inputs_adapt(tmp_path, features_file, caplog):
+    out = tmp_path / "lhco"
+    convert_lhco(features_file, out, kind="features", progress=False)
+    for sample in ("qcd", "signal"):
+        assert manifest_of(out)["samples"][sample]["missing_columns"] == ["j1_tau4", "j2_tau4", "j1_nconst", "j2_nconst"]
+    assert DEFAULT_INPUTS == list(OmegaConf.load(Path(CONF_DIR) / "inputs" / "features.yaml").names)
+    events = Events(storage.read_sample(out, "qcd"))
+    with pytest.raises(ValueError, match="NaN"):  # what every per-jet method hit before
+        JetFeatures(DEFAULT_INPUTS).event(events)
+    with caplog.at_level(logging.WARNING, logger="lhcad.inputs"):
+        names = check_inputs_available(out, ("qcd", "signal"), DEFAULT_INPUTS)
+    assert names == FEATURES_FILE_INPUTS
+    notes = [r.getMessage() for r in caplog.records if r.name == "lhcad.inputs"]
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert "tau43, nconst" in notes[0] and "inputs.names" in notes[0]
+    x = JetFeatures(names).event(events)
+    assert np.isfinite(x).all() and (x.std(axis=0) > 0).all()  # no NaN, no dead (constant) input
+    # a dataset converted before missing_columns was recorded is recognised by its source kind
+    manifest = manifest_of(out)
+    for entry in manifest["samples"].values():
+        del entry["missing_columns"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert check_inputs_available(out, ("qcd", "signal"), DEFAULT_INPUTS) == FEATURES_FILE_INPUTS
+
+
+def test_explicit_inputs_the_dataset_lacks_are_a_config_error(tmp_path, features_file):
+    out = tmp_path / "lhco"
+    convert_lhco(features_file, out, kind="features", progress=False)
+    with pytest.raises(ConfigError) as info:
+        check_inputs_available(out, ("qcd", "signal"), ["m_over_pt", "tau21", "nconst"])
+    message = str(info.value)
+    assert isinstance(info.value, ValueError) and "\n" not in message
+    assert "inputs.names" in message and "nconst" in message
+    working = re.search(r"'inputs\.names=\[(.*)\]'", message).group(1).split(",")
+    assert working == ["m_over_pt", "tau21"]
+    assert check_inputs_available(out, ("qcd", "signal"), working) == working
+    # the same preset list chosen explicitly (e.g. by an override) is not adapted either
+    with pytest.raises(ConfigError, match="inputs.names"):
+        check_inputs_available(out, ("qcd",), DEFAULT_INPUTS, explicit=True)
+    # dijet (event-level) features: tau43 of either jet needs tau4
+    with pytest.raises(ConfigError, match=r"'method.features=\[mj_lighter,tau21_j1\]'"):
+        check_inputs_available(out, ("qcd",), ["mj_lighter", "tau21_j1", "tau43_j2"], key="method.features")
+    with pytest.raises(ConfigError, match="no other feature"):
+        check_inputs_available(out, ("qcd",), ["nconst"], explicit=False)
+
+
+def test_generated_and_raw_datasets_keep_every_input(tmp_path, raw_file):
+    assert check_inputs_available(FIXTURE, ("qcd", "signal", "sim"), DEFAULT_INPUTS) == DEFAULT_INPUTS
+    out = tmp_path / "raw"
+    convert_lhco(raw_file, out, kind="raw", progress=False)
+    assert manifest_of(out)["samples"]["qcd"]["missing_columns"] == []
+    assert check_inputs_available(out, ("qcd", "signal"), ["m", "tau43", "nconst"]) == ["m", "tau43", "nconst"]
+
+
+def hinted_commands(text: str) -> list[list[str]]:
+    """The lhcad-convert-lhco command lines quoted in ``text`` (between backticks or in comments)."""
+    found = re.findall(r"`(lhcad-convert-lhco [^`]*)`", text)
+    found += re.findall(r"^#\s+(lhcad-convert-lhco .*)$", text, flags=re.M)
+    return [shlex.split(cmd) for cmd in found]
+
+
+def test_convert_hint_commands_parse(tmp_path):
+    root = tmp_path / "data dir" / "lhco"
+    hint = convert_hint(root)
+    commands = hinted_commands(hint)
+    assert len(commands) == 2
+    kinds = set()
+    for argv in commands:
+        assert argv[0] == "lhcad-convert-lhco"
+        args = build_parser().parse_args(argv[1:])
+        assert args.out == str(root) and len(args.src) == 1
+        kinds.add((args.kind, args.src[0]))
+    assert kinds == {("features", "events_anomalydetection_v2.features.h5"), ("raw", "events_anomalydetection.h5")}
+    # the commands quoted in conf/data/lhco.yaml parse too, and write where data=lhco reads
+    yaml_text = (Path(CONF_DIR) / "data" / "lhco.yaml").read_text()
+    yaml_commands = hinted_commands(yaml_text)
+    assert len(yaml_commands) >= 2 and "--out" not in yaml_text
+    for argv in yaml_commands:
+        args = build_parser().parse_args(argv[1:])
+        assert args.out == "data/lhco"
+    assert {build_parser().parse_args(a[1:]).kind for a in yaml_commands} == {"features", "raw"}
+
+
+def test_convert_per_label_files_at_once(tmp_path, features_file):
+    qcd_file = label_file(tmp_path, 0, "qcd_features.h5")
+    signal_file = label_file(tmp_path, 1, "signal_features.h5")
+    out = tmp_path / "both"
+    rc = convert_main([str(qcd_file), str(signal_file), str(out), "--kind", "features", "--no-progress"])
+    assert rc == 0
+    whole = read_lhco_features(features_file)
+    for sample, label in (("qcd", 0), ("signal", 1)):
+        assert_columns_equal(storage.read_sample(out, sample), {k: v[whole["label"] == label] for k, v in whole.items()})
+        entry = manifest_of(out)["samples"][sample]
+        assert [(s["file"], s["n_events"]) for s in entry["sources"]] == [("qcd_features.h5", 2 * (1 - label)),
+                                                                          ("signal_features.h5", 2 * label)]
+        assert entry["n_events"] == 2
+    with pytest.raises(DatasetError, match="same file"):  # one file twice in one call
+        convert_lhco([qcd_file, qcd_file], tmp_path / "twice", kind="features", progress=False)
+    assert not (tmp_path / "twice").exists()
+
+
+def test_convert_one_label_file_warns_then_append_completes(tmp_path, raw_file, caplog):
+    qcd_file = label_file(tmp_path, 0, "qcd_features.h5")
+    signal_file = label_file(tmp_path, 1, "signal_features.h5")
+    out = tmp_path / "lhco"
+    with caplog.at_level(logging.WARNING, logger="lhcad.data.lhco"):
+        assert convert_lhco(signal_file, out, kind="features", progress=False) == {"qcd": 0, "signal": 2}
+    empty = [r.getMessage() for r in caplog.records if "EMPTY" in r.getMessage()]
+    assert len(empty) == 1 and "'qcd'" in empty[0] and "--append" in empty[0]
+
+    with pytest.raises(DatasetError, match="--append"):
+        convert_lhco(qcd_file, out, kind="features", progress=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lhcad.data.lhco"):
+        rc = convert_main([str(qcd_file), str(out), "--kind", "features", "--append", "--no-progress"])
+    assert rc == 0 and "EMPTY" not in caplog.text
+    manifest = manifest_of(out)
+    for sample in ("qcd", "signal"):
+        entry = manifest["samples"][sample]
+        assert entry["n_events"] == 2 == len(storage.read_sample(out, sample)["label"])
+        assert sum(s["n_events"] for s in entry["sources"]) == entry["n_events"]
+        assert [s["file"] for s in entry["sources"]] == ["signal_features.h5", "qcd_features.h5"]
+        assert entry["sources"][1]["sha256"] == storage.sha256_file(qcd_file)
+        assert entry["sources"][1]["size"] == qcd_file.stat().st_size
+    assert (storage.read_sample(out, "qcd")["label"] == 0).all()
+
+    before = (out / "manifest.json").read_bytes()
+    renamed = tmp_path / "copy_of_qcd.h5"  # same bytes under another name: still a duplicate
+    shutil.copy(qcd_file, renamed)
+    with pytest.raises(DatasetError, match="already in"):
+        convert_lhco(renamed, out, kind="features", append=True, progress=False)
+    with pytest.raises(DatasetError, match="converted from a features file"):
+        convert_lhco(raw_file, out, kind="raw", append=True, progress=False)
+    assert (out / "manifest.json").read_bytes() == before
+    # other rows of a file already converted may be added: here, none overlap
+    part = tmp_path / "part.h5"
+    features_frame().to_hdf(part, key="df", format="fixed")
+    convert_lhco(part, out, kind="features", n_events=2, append=True, progress=False)
+    with pytest.raises(DatasetError, match="already in"):
+        convert_lhco(part, out, kind="features", start=1, append=True, progress=False)
+    convert_lhco(part, out, kind="features", start=2, append=True, progress=False)
+    assert storage.sample_info(out, "qcd")["n_events"] + storage.sample_info(out, "signal")["n_events"] == 8
+
+
+def test_interrupted_append_leaves_the_manifest_unchanged(tmp_path, features_file):
+    out = tmp_path / "lhco"
+    convert_lhco(features_file, out, kind="features", progress=False)
+    before = (out / "manifest.json").read_bytes()
+    bad = features_frame()
+    bad.loc[3, "label"] = 2.0  # found only when the last chunk is read
+    path = tmp_path / "bad_last_row.h5"
+    bad.to_hdf(path, key="df", format="fixed")
+    with pytest.raises(DatasetError, match="row 3 has label 2.0"):
+        convert_lhco(path, out, kind="features", chunk_size=1, shard_size=1, append=True, progress=False)
+    assert (out / "manifest.json").read_bytes() == before
+    assert len(storage.read_sample(out, "qcd")["label"]) == 2
+
+
+def add_generated_sample(root: Path, sample: str) -> None:
+    """Copy a sample made by lhcad-generate (from the test fixture) into ``root``."""
+    shutil.copytree(FIXTURE / sample, root / sample)
+    with storage.edit_manifest(root) as manifest:
+        manifest["samples"][sample] = manifest_of(FIXTURE)["samples"][sample]
+
+
+def test_provenance_mixed_sources_and_overwrite_removes_stale_samples(tmp_path, features_file, caplog):
+    out = tmp_path / "lhco"
+    convert_lhco(features_file, out, kind="features", progress=False)
+    digest = storage.sha256_file(features_file)[:12]
+    # sim / outliers: the hint no longer says to convert (which never makes them)
+    with pytest.raises(DatasetError) as info:
+        check_samples_present(out, ("qcd", "signal", "sim"))
+    message = str(info.value)
+    assert "no sample 'sim'" in message and "no conversion makes one" in message
+    assert f"lhcad-generate sample=sim out={out}" in message and "mixes converted and generated" in message
+    check_samples_present(out, ("qcd", "signal"))
+
+    add_generated_sample(out, "sim")
+    prov = sample_provenance(out, ("qcd", "signal", "sim", "outliers"))
+    assert prov["qcd"] == f"converted from {features_file.name} (features, sha256 {digest}, rows 0-4)"
+    assert prov["sim"].startswith("generated by lhcad-generate (sample sim, seed 2026, config 7bc63c54e86a9f58")
+    assert prov["outliers"] == "missing"
+    assert all(len(v) <= 500 for v in prov.values())
+    assert mixed_sources(out, ("qcd", "signal")) is None
+    mixed = mixed_sources(out, ("qcd", "signal", "sim"))
+    assert mixed is not None and "qcd, signal converted" in mixed and "sim generated" in mixed
+    assert mixed_sources(FIXTURE, ("qcd", "signal", "sim")) is None
+    assert len(storage.read_sample(out, "sim")["label"]) == 8000
+
+    # --overwrite replaces the whole dataset: no stale generated sample survives
+    rc = convert_main([str(features_file), str(out), "--kind", "features", "--overwrite", "--no-progress", "--n-events", "3"])
+    assert rc == 0
+    assert sorted(manifest_of(out)["samples"]) == ["qcd", "signal"] and not (out / "sim").exists()
+    assert sample_provenance(out, ("qcd",))["qcd"].endswith("rows 0-3)")
+    with pytest.raises(DatasetError, match="no sample 'sim'"):
+        storage.read_sample(out, "sim")
+    # converting next to a generated sample warns that the dataset mixes sources
+    mixed_dir = tmp_path / "mixed"
+    add_generated_sample(mixed_dir, "sim")
+    with pytest.raises(DatasetError) as info:  # not converted: generate, or convert (with a command that parses)
+        check_samples_present(mixed_dir, ("qcd",))
+    assert "lhcad-generate sample=qcd" in str(info.value)
+    assert build_parser().parse_args(hinted_commands(str(info.value))[0][1:]).out == str(mixed_dir)
+    with pytest.raises(DatasetError) as info:  # a generated dataset without outliers: conversion is no answer
+        check_samples_present(mixed_dir, ("sim", "outliers"))
+    assert "lhcad-generate sample=outliers" in str(info.value) and "lhcad-convert-lhco" not in str(info.value)
+    with caplog.at_level(logging.WARNING, logger="lhcad.data.lhco"):
+        convert_lhco(features_file, mixed_dir, kind="features", progress=False)
+    assert "mixes sources" in caplog.text
+    generated = tmp_path / "generated"
+    add_generated_sample(generated, "qcd")
+    before = (generated / "manifest.json").read_bytes()
+    with pytest.raises(DatasetError, match="generated by lhcad-generate"):  # never appended to a generated sample
+        convert_lhco(features_file, generated, kind="features", append=True, progress=False)
+    assert (generated / "manifest.json").read_bytes() == before
+
+
+def test_provenance_of_a_legacy_converted_sample(tmp_path, features_file):
+    out = tmp_path / "lhco"
+    convert_lhco(features_file, out, kind="features", progress=False)
+    manifest = manifest_of(out)
+    for entry in manifest["samples"].values():  # as written before sources were recorded
+        del entry["sources"], entry["missing_columns"], entry["config"]["origin"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    prov = sample_provenance(out, ("signal",))["signal"]
+    assert prov == f"converted from {features_file.name} (features, no checksum recorded, rows 0-4)"
+    # appending to it still works, and refuses the file it came from (same path)
+    with pytest.raises(DatasetError, match="already in"):
+        convert_lhco(features_file, out, kind="features", append=True, progress=False)
+    convert_lhco(label_file(tmp_path, 1, "more_signal.h5"), out, kind="features", append=True, progress=False)
+    entry = manifest_of(out)["samples"]["signal"]
+    assert [s["n_events"] for s in entry["sources"]] == [2, 2] and entry["n_events"] == 4
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_cli_output_path_that_is_a_file(tmp_path, features_file, capsys, under):
+    existing = tmp_path / "lhco.txt"
+    existing.write_text("not a dataset")
+    out = existing / "dataset" if under else existing
+    rc = convert_main([str(features_file), str(out), "--kind", "features", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "existing file" in err and str(existing) in err
+    assert existing.read_text() == "not a dataset"
+    with pytest.raises(DatasetError, match="existing file"):
+        convert_lhco(features_file, out, kind="features", progress=False)

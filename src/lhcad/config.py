@@ -6,7 +6,9 @@ layer, for modules below this one) and re-exported here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ __all__ = [
     "CONF_DIR",
     "REPO_ROOT",
     "ConfigError",
+    "check_train_settings",
     "closure_mode",
     "register_resolvers",
     "split_spec",
@@ -39,9 +42,20 @@ def _repo_root() -> str:
     return str(REPO_ROOT)
 
 
+def _unique_stamp(pattern: str = "%H-%M-%S") -> str:
+    """The current time as ``pattern``, then ``-<microseconds>-<pid>``: unique per process and moment."""
+    now = datetime.now()
+    return f"{now.strftime(pattern)}-{now.microsecond:06d}-{os.getpid()}"
+
+
 def register_resolvers() -> None:
-    """Register lhcad's OmegaConf resolvers (``${lhcad_repo:}`` = the repository root)."""
+    """Register lhcad's OmegaConf resolvers: ``${lhcad_repo:}`` (the repository root) and
+    ``${lhcad_stamp:%H-%M-%S}`` (``13-05-09-123456-4242``: time, microseconds, pid) for run and
+    sweep folders that runs started in the same second never share. The stamp is cached in the
+    config like Hydra's ``${now:}``, so the jobs of a sweep get their sweeper's value (Hydra
+    copies the cache into every job's config, joblib workers included)."""
     OmegaConf.register_resolver("lhcad_repo", _repo_root, replace=True)
+    OmegaConf.register_resolver("lhcad_stamp", _unique_stamp, use_cache=True, replace=True)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -59,12 +73,52 @@ def validate(cfg: DictConfig) -> None:
     reserve = cfg.get("background_reserve", 0.0)
     if reserve is not None and not (isinstance(reserve, (int, float)) and not isinstance(reserve, bool) and 0 <= reserve < 1):
         raise ConfigError(f"background_reserve must be a fraction in [0, 1), got {reserve!r}")
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    device = cfg.get("device", "auto")
+    if not isinstance(device, str) or not device:
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    minimum = cfg.get("min_events_per_part", 1)
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
+        raise ConfigError(f"min_events_per_part must be a positive integer, got {minimum!r}")
     closure_mode(cfg)
+    check_train_settings(cfg.get("method") or {}, "method")
     holdout = dict(cfg.holdout)
     if "test" not in holdout or not 0 < float(holdout["test"]) < 1:
         raise ConfigError(f"holdout.test must be a fraction in (0, 1), got {holdout.get('test')!r}")
     if sum(float(v) for v in holdout.values()) >= 1:
         raise ConfigError(f"holdout fractions {holdout} leave no events for training")
+
+
+_POSITIVE_INTS = ("epochs", "batch_size")
+_FRACTIONS = ("val_fraction",)
+
+
+def check_train_settings(node: Mapping[str, Any], path: str) -> None:
+    """Every ``train`` block in a method config (nested ones too, e.g. TNT's initial tagger):
+    ``epochs`` and ``batch_size`` positive integers, ``lr`` positive, ``val_fraction`` in [0, 1)."""
+    if not isinstance(node, Mapping):
+        return
+    for key, value in node.items():
+        if key == "train" and isinstance(value, Mapping):
+            _check_train_block(value, f"{path}.train")
+        elif isinstance(value, Mapping):
+            check_train_settings(value, f"{path}.{key}")
+
+
+def _check_train_block(train: Mapping[str, Any], path: str) -> None:
+    for key in _POSITIVE_INTS:
+        value = train.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{path}.{key} must be a positive integer, got {value!r}")
+    lr = train.get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ConfigError(f"{path}.lr must be a positive number, got {lr!r}")
+    for key in _FRACTIONS:
+        value = train.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+            raise ConfigError(f"{path}.{key} must be a fraction in [0, 1), got {value!r}")
 
 
 def closure_mode(cfg: Mapping[str, Any]) -> str:

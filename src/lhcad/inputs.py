@@ -13,14 +13,26 @@ error that names the offending input. Scaling is learned on training data with :
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from lhcad.data.events import jet_features
 
-__all__ = ["DijetFeatures", "InputRepresentation", "JetFeatures", "JetImages", "Scaler"]
+__all__ = [
+    "DijetFeatures",
+    "InputRepresentation",
+    "JetFeatures",
+    "JetImages",
+    "Scaler",
+    "check_inputs_available",
+    "preset_input_lists",
+]
+
+log = logging.getLogger(__name__)
 
 _DERIVED_NEEDS = {  # stored fields behind each derived feature of lhcad.data.events.DERIVED_JET_FEATURES
     "tau21": ("tau1", "tau2"),
@@ -294,3 +306,87 @@ class Scaler:
 
     def state(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "scale": self.scale}
+
+
+# ------------------------------------------------------------------------ inputs a dataset can feed
+
+
+def _jet_fields(name: str) -> tuple[str, ...]:
+    """Stored per-jet fields (without ``j1_``/``j2_``) behind a per-jet or a dijet feature name."""
+    if name in _DIJET_FEATURES:
+        return tuple(dict.fromkeys(c.split("_", 1)[1] for c in _DIJET_FEATURES[name][0] if c.startswith("j")))
+    base, sep, jet = name.rpartition("_j")
+    if sep and base and jet in ("1", "2"):
+        return ("m", *_DERIVED_NEEDS.get(base, (base,)))  # the mass orders the jets
+    return _DERIVED_NEEDS.get(name, (name,))
+
+
+def preset_input_lists() -> list[list[str]]:
+    """The feature lists shipped as presets: ``names`` of every ``conf/inputs/*.yaml`` and
+    :attr:`DijetFeatures.DEFAULT` (lists a user gets without choosing the names)."""
+    from omegaconf import OmegaConf
+
+    from lhcad.paths import CONF_DIR
+
+    presets = [list(DijetFeatures.DEFAULT)]
+    for path in sorted(Path(CONF_DIR, "inputs").glob("*.yaml")):
+        names = OmegaConf.load(path).get("names")
+        if names is not None:
+            presets.append([str(n) for n in names])
+    return presets
+
+
+def check_inputs_available(
+    root: Path | str,
+    samples: Sequence[str],
+    names: Sequence[str],
+    *,
+    explicit: bool | None = None,
+    key: str = "inputs.names",
+) -> list[str]:
+    """The feature list to use on the dataset ``root``: ``names`` without the features whose stored
+    columns are placeholders in any of ``samples`` (e.g. ``tau43`` and ``nconst`` on a dataset
+    converted from the LHC Olympics features file, which has no tau4 and no constituent count).
+
+    Which columns a sample lacks comes from its manifest entry
+    (:func:`lhcad.data.lhco.unavailable_columns`); samples the dataset lacks are ignored.
+
+    Args:
+        root: dataset directory.
+        samples: the samples the run reads.
+        names: per-jet feature names (:class:`JetFeatures`) or dijet ones (:class:`DijetFeatures`).
+        explicit: whether the user chose ``names`` (then nothing is dropped silently); ``None``
+            infers it: a list equal to a preset (:func:`preset_input_lists`) is not explicit.
+        key: the config key of ``names``, for the messages.
+
+    Returns:
+        ``list(names)`` when every feature is available; otherwise, for a preset list, the list
+        without the unavailable features, with a one-line warning on the ``lhcad.inputs`` logger.
+
+    Raises:
+        ConfigError: an explicit list holds an unavailable feature (the message names ``key``
+            and a list that works), or no feature at all is available.
+    """
+    from lhcad.config import ConfigError
+    from lhcad.data.lhco import unavailable_columns
+
+    names = [str(n) for n in names]
+    per_sample = unavailable_columns(root, samples)
+    missing = {c for cols in per_sample.values() for c in cols}
+    missing_fields = {c.split("_", 1)[1] for c in missing}
+    dropped = [n for n in names if set(_jet_fields(n)) & missing_fields]
+    if not dropped:
+        return names
+    kept = [n for n in names if n not in dropped]
+    in_samples = sorted(s for s, cols in per_sample.items() if cols)
+    fields = sorted({f for n in dropped for f in _jet_fields(n)} & missing_fields)
+    why = (f"{', '.join(dropped)} need{'s' if len(dropped) == 1 else ''} the stored {'/'.join(fields)}, "
+           f"which sample(s) {', '.join(in_samples)} of {root} do not have (README: 'Which inputs fit which source')")
+    if explicit is None:
+        explicit = names not in preset_input_lists()
+    if not kept:
+        raise ConfigError(f"{key}: {why}, and no other feature is left; choose features this dataset has")
+    if explicit:
+        raise ConfigError(f"{key}: {why}; use '{key}=[{','.join(kept)}]'")
+    log.warning("%s: %s; using %s", key, why, kept)
+    return kept

@@ -20,12 +20,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lhcad.config import ConfigError, build, closure_mode, dataset_root, split_spec, validate
-from lhcad.data.dataset import draw_sample, load_dataset, split
+from lhcad.data.dataset import draw_sample, load_dataset, split, stored_columns
 from lhcad.data.events import Events
+from lhcad.data.lhco import check_samples_present, convert_hint, mixed_sources, sample_provenance
 from lhcad.data.storage import DatasetError, load_manifest
 from lhcad.data.transforms import correlate_mass, order_jets
 from lhcad.evaluate import ClosureConfig, Evaluation, EvaluationConfig, auc, evaluate
-from lhcad.inputs import InputRepresentation
+from lhcad.inputs import InputRepresentation, JetFeatures, check_inputs_available
 from lhcad.methods.base import FitContext, Method
 from lhcad.scores import Scores
 
@@ -34,7 +35,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lhcad")
 
-__all__ = ["Outcome", "RunResult", "apply_transforms", "prepare_dataset", "run", "train_and_evaluate"]
+__all__ = [
+    "Outcome",
+    "PreparedRun",
+    "RunResult",
+    "apply_transforms",
+    "fit_and_evaluate",
+    "prepare",
+    "prepare_dataset",
+    "run",
+    "train_and_evaluate",
+]
 
 
 @dataclass
@@ -74,11 +85,20 @@ def prepare_dataset(data: Mapping[str, Any], samples: tuple[str, ...], *, images
     if data.get("generate", False):
         from lhcad.data.generate import generate
 
+        from lhcad.data.generate import GenerationError
+
         for sample in samples:
-            generate(_generation_config(data, sample, root, images), progress=progress)
+            try:
+                generate(_generation_config(data, sample, root, images), progress=progress)
+            except GenerationError:
+                raise DatasetError(
+                    f"{root}/{sample} was generated with other settings than data={data.get('name')} asks for "
+                    f"(data.seed={data.get('seed')}, data.scale={data.get('scale')}); point data.root at a new "
+                    "directory, or set data.seed and data.scale to the ones it was made with"
+                ) from None
     elif not (root / "manifest.json").is_file():
         hint = (
-            "convert the LHC Olympics file with `lhcad-convert-lhco <file.h5> --out " + str(root) + "`"
+            convert_hint(root)
             if data.get("name") == "lhco"
             else "generate it with lhcad-generate (see README), or use data=lhco_like which generates on first use"
         )
@@ -234,21 +254,168 @@ def _no_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     return None
 
 
-def train_and_evaluate(
-    cfg: DictConfig,
-    *,
-    log_metrics: Any = _no_metrics,
-    set_tags: Any = lambda tags: None,
-    run_name: str | None = None,
+@dataclass
+class PreparedRun:
+    """A run checked and drawn, before anything is trained or logged (see :func:`prepare`).
+
+    ``counts`` are event counts to log as metrics; ``tags`` describe the data (dataset, checksum,
+    device); ``t_start`` is when preparation began (``time/total_s`` counts from there).
+    """
+
+    cfg: DictConfig
+    method: Method
+    run_name: str
+    device: str
+    eval_config: EvaluationConfig
+    data: dict[str, Events]
+    parts: dict[str, Events]
+    test: Events
+    val: Events | None
+    unused_signal: Events
+    spare: Events
+    counts: dict[str, float]
+    tags: dict[str, str]
+    t_start: float
+
+
+def _preflight_config(cfg: DictConfig) -> EvaluationConfig:
+    """Config checks that need no data, beyond :func:`lhcad.config.validate`: the selection's
+    working points (one sentence each, before anything is loaded or trained)."""
+    validate(cfg)
+    try:
+        return _eval_config(cfg.selection, cfg.search)
+    except (TypeError, ValueError) as err:  # messages start with the key (signal_region is search's)
+        group = "search" if str(err).startswith("signal_region") else "selection"
+        raise ConfigError(f"{group}.{err}") from None
+
+
+def _check_columns(root: Path, samples: tuple[str, ...], inputs: InputRepresentation, data_name: str) -> None:
+    """Every sample stores the columns the inputs read (e.g. images for ``inputs=images``)."""
+    needed = set(inputs.columns)
+    for sample in samples:
+        missing = sorted(needed - stored_columns(root, sample))
+        if missing:
+            hint = (
+                "the dataset has no jet images: use data=lhco_like (generates an image dataset next to it) or "
+                "generate one with `lhcad-generate images=true`"
+                if inputs.kind == "image"
+                else "choose inputs.names from the stored features"
+            )
+            raise DatasetError(
+                f"sample '{sample}' of {root} (data={data_name}) lacks the columns {missing[:6]} that "
+                f"inputs={type(inputs).__name__} reads; {hint}"
+            )
+
+
+def _drop_nonfinite_mjj(data: Mapping[str, Events]) -> tuple[dict[str, Events], dict[str, float]]:
+    """Events with NaN or infinite m_jj removed from every sample (they fit in no histogram or
+    window), with a WARNING and the count per sample (``n_dropped_mjj/<sample>``)."""
+    out, dropped = {}, {}
+    for name, events in data.items():
+        ok = np.isfinite(events["mjj"])
+        if not ok.all():
+            n_bad = int((~ok).sum())
+            log.warning("%s: dropped %d of %d events with NaN or infinite m_jj", name, n_bad, len(events))
+            dropped[f"n_dropped_mjj/{name}"] = float(n_bad)
+            events = events.take(ok)
+        out[name] = events
+    return out, dropped
+
+
+def _check_finite_inputs(data: Mapping[str, Events], inputs: InputRepresentation) -> None:
+    """The per-jet (or event) input arrays of every sample are finite (dense inputs; images are
+    made by lhcad's own generator)."""
+    if inputs.kind == "image":
+        return
+    for name, events in data.items():
+        try:
+            if isinstance(inputs, JetFeatures):
+                inputs.jet(events, 1), inputs.jet(events, 2)
+            else:
+                inputs.event(events)
+        except ValueError as err:
+            raise DatasetError(f"sample '{name}': {err}") from None
+
+
+def _check_sizes(cfg: DictConfig, parts: Mapping[str, Events], test: Events) -> None:
+    """The method's parts and the test part hold at least ``min_events_per_part`` events each,
+    and the test part holds signal when signal is injected; otherwise a ConfigError with the numbers.
+    (``val`` only feeds the R&D objective ``val_auc`` and has no minimum.)"""
+    minimum = int(cfg.get("min_events_per_part", 1))
+    sizes = {**{k: len(v) for k, v in parts.items()}, "test": len(test)}
+    small = {k: n for k, n in sizes.items() if n < minimum}
+    if small:
+        raise ConfigError(
+            f"too few events: parts {small} have fewer than min_events_per_part={minimum} "
+            f"(all parts: {sizes}); draw more events (n_events) or lower min_events_per_part"
+        )
+    if float(cfg.signal_frac) > 0 and int(test.labels.sum()) == 0:
+        raise ConfigError(
+            f"the test part ({len(test)} events) holds no signal event at signal_frac={cfg.signal_frac:g}; "
+            "draw more events (n_events) or raise signal_frac"
+        )
+
+
+def prepare(cfg: DictConfig, run_name: str | None = None) -> PreparedRun:
+    """Everything that can fail on bad input, before any run is created or network trained:
+    config checks, the method built, the dataset found (generated on first use), its columns and
+    inputs checked, signal injected and the parts drawn with enough events.
+
+    Raises:
+        ConfigError, DatasetError: with one sentence that says what to change.
+    """
+    t_start = time.perf_counter()
+    eval_config = _preflight_config(cfg)
+    inputs: InputRepresentation = build(cfg.inputs)
+    try:
+        device = _resolve_device(str(cfg.device), cfg.get("cpu_threads", "auto"), inputs.kind)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"device={cfg.device}: {err}") from None
+    method: Method = build(cfg.method, inputs=inputs)
+    name = _method_name(cfg, method)
+    run_name = run_name or f"{name}-f{cfg.signal_frac:g}-s{cfg.seed}"
+    samples = ("qcd", "signal", *method.samples)
+    root = prepare_dataset(cfg.data, samples, images=inputs.kind == "image", progress=bool(cfg.progress))
+    check_samples_present(root, samples)
+    if isinstance(inputs, JetFeatures) and (names := check_inputs_available(root, samples, inputs.names)) != inputs.names:
+        with open_dict(cfg):  # a preset list adapted to the dataset (one logged note); the run's config says so
+            cfg.inputs.names = names
+        inputs = build(cfg.inputs)
+        method = build(cfg.method, inputs=inputs)
+    _check_columns(root, samples, inputs, str(cfg.data.get("name")))
+    data = apply_transforms(load_dataset(root, samples), cfg.get("transform"), inputs.jet_order)
+    data, counts = _drop_nonfinite_mjj(data)
+    _check_finite_inputs(data, inputs)
+
+    rng = np.random.default_rng(int(cfg.seed))
+    parts, test, val, unused_signal, spare = _draw(cfg, data, method.parts, rng)
+    _check_sizes(cfg, parts, test)
+    if method.needs_spare_background and len(spare) == 0:
+        raise ConfigError(
+            f"{name} trains against background events kept out of the run's sample, but all "
+            f"{len(data['qcd'])} are drawn: set background_reserve (e.g. background_reserve=0.3) or a lower n_events"
+        )
+    counts |= {f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()}
+    counts["n_signal_heldout"] = float(len(unused_signal))
+    tags = {"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device}
+    tags |= {f"provenance.{s}": text for s, text in sample_provenance(root, samples).items()}
+    if warning := mixed_sources(root, samples):
+        log.warning("%s", warning)
+        tags["mixed_sources"] = "true"
+    return PreparedRun(
+        cfg, method, run_name, device, eval_config, data, parts, test, val, unused_signal, spare, counts, tags, t_start
+    )
+
+
+def fit_and_evaluate(
+    prep: PreparedRun, *, log_metrics: Any = _no_metrics, set_tags: Any = lambda tags: None
 ) -> Outcome:
-    """The run without its bookkeeping: data, transforms, draw, ``method.fit``, scores, evaluation.
+    """Train the prepared method, score the test part and the held-out signal, and evaluate.
 
     ``log_metrics(metrics, step)`` and ``set_tags(tags)`` receive what the method and the pipeline
     report on the way (MLflow in :func:`run`); the returned metrics are the run's final ones.
-    Usable from scripts and notebooks without an MLflow store.
     """
-    validate(cfg)
-    t_start = time.perf_counter()
+    cfg, method, test, unused_signal = prep.cfg, prep.method, prep.test, prep.unused_signal
     reported: dict[str, float] = {}
 
     def record(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -256,60 +423,56 @@ def train_and_evaluate(
             reported.update(metrics)
         log_metrics(metrics, step)
 
-    inputs: InputRepresentation = build(cfg.inputs)
-    device = _resolve_device(str(cfg.device), cfg.get("cpu_threads", "auto"), inputs.kind)
-    method: Method = build(cfg.method, inputs=inputs)
-    name = _method_name(cfg, method)
-    run_name = run_name or f"{name}-f{cfg.signal_frac:g}-s{cfg.seed}"
-    samples = ("qcd", "signal", *method.samples)
-    needs_images = inputs.kind == "image"
-    root = prepare_dataset(cfg.data, samples, images=needs_images, progress=bool(cfg.progress))
-    data = apply_transforms(load_dataset(root, samples), cfg.get("transform"), inputs.jet_order)
-    set_tags({"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device})
-
-    rng = np.random.default_rng(int(cfg.seed))
-    parts, test, val, unused_signal, spare = _draw(cfg, data, method.parts, rng)
-    if method.needs_spare_background and len(spare) == 0:
-        raise ConfigError(
-            f"{name} trains against background events kept out of the run's sample, but all "
-            f"{len(data['qcd'])} are drawn: set background_reserve (e.g. background_reserve=0.3) or a lower n_events"
-        )
-    record({f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()}, None)
-    record({"n_signal_heldout": float(len(unused_signal))}, None)
+    set_tags(prep.tags)
+    record(prep.counts, None)
     log.info(
         "%s: parts %s, test %d (%d signal), held-out signal %d, device %s",
-        run_name, {k: len(v) for k, v in parts.items()}, len(test), int(test.labels.sum()), len(unused_signal), device,
-    )
+        prep.run_name, {k: len(v) for k, v in prep.parts.items()}, len(test), int(test.labels.sum()),
+        len(unused_signal), prep.device,
+    )  # fmt: skip
 
     ctx = FitContext(
-        device=device, seed=int(cfg.seed), samples={s: data[s] for s in method.samples},
-        spare_background=spare if method.needs_spare_background else None,
+        device=prep.device, seed=int(cfg.seed), samples={s: prep.data[s] for s in method.samples},
+        spare_background=prep.spare if method.needs_spare_background else None,
         log_metrics=record, progress=bool(cfg.progress),
-    )
+    )  # fmt: skip
     t_fit = time.perf_counter()
-    method.fit(parts, ctx)
+    method.fit(prep.parts, ctx)
     fit_seconds = time.perf_counter() - t_fit
 
     test_scores = method.score(test)
     signal_scores = method.score(unused_signal)
     statistics = [build(s) for s in cfg.search.get("statistics", [])]
     evaluation = evaluate(
-        test, test_scores, unused_signal, signal_scores, _eval_config(cfg.selection, cfg.search), statistics,
-        closure=_closure_config(cfg),
-    )  # fmt: skip
+        test, test_scores, unused_signal, signal_scores, prep.eval_config, statistics, closure=_closure_config(cfg)
+    )
     set_tags({"closure": evaluation.closure.status if evaluation.closure is not None else "off"})
     metrics = dict(evaluation.metrics)
     metrics |= method.extra_metrics(test, test_scores, unused_signal, signal_scores)  # method-specific
     metrics["val_loss"] = float(method.val_loss)
-    if val is not None and len(val):
-        metrics["val_auc"] = _val_auc(method.score(val), val.labels)
+    if prep.val is not None and len(prep.val):
+        metrics["val_auc"] = _val_auc(method.score(prep.val), prep.val.labels)
     metrics["time/fit_s"] = fit_seconds
-    metrics["time/total_s"] = time.perf_counter() - t_start
+    metrics["time/total_s"] = time.perf_counter() - prep.t_start
     stages = _stage_metrics(method, test, unused_signal)
     return Outcome(
         method, {**reported, **metrics}, stages, evaluation, test, test_scores, signal_scores,
         reported=frozenset(set(reported) - set(metrics)),
-    )
+    )  # fmt: skip
+
+
+def train_and_evaluate(
+    cfg: DictConfig,
+    *,
+    log_metrics: Any = _no_metrics,
+    set_tags: Any = lambda tags: None,
+    run_name: str | None = None,
+) -> Outcome:
+    """The run without its bookkeeping: :func:`prepare`, then :func:`fit_and_evaluate`.
+
+    Usable from scripts and notebooks without an MLflow store.
+    """
+    return fit_and_evaluate(prepare(cfg, run_name), log_metrics=log_metrics, set_tags=set_tags)
 
 
 def run(cfg: DictConfig) -> RunResult:
@@ -341,16 +504,21 @@ def run(cfg: DictConfig) -> RunResult:
 
 
 def _run_name(cfg: DictConfig) -> str:
-    return cfg.tracking.get("run_name") or f"{_method_name(cfg)}-f{cfg.signal_frac:g}-s{cfg.seed}"
+    """``tracking.run_name``, or ``<method>-f<signal_frac>-s<seed>`` (``-t<trial>`` in an Optuna sweep)."""
+    if name := cfg.tracking.get("run_name"):
+        return name
+    trial = cfg.get("trial")
+    return f"{_method_name(cfg)}-f{cfg.signal_frac:g}-s{cfg.seed}" + ("" if trial is None else f"-t{trial}")
 
 
 def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunResult:
     """One run logged to MLflow (see :func:`run`)."""
     from lhcad.tracking import RunTracker, ensure_store, git_commit, parent_run_id_for_job, ui_command
 
-    validate(cfg)
+    validate(cfg)  # before the run name is formatted from it
     name = _method_name(cfg)
     run_name = _run_name(cfg)
+    prep = prepare(cfg, run_name)  # bad input stops here, before a store or run is touched
     mlruns = Path(str(cfg.tracking.mlruns_dir))
     ensure_store(mlruns, str(cfg.tracking.experiment))
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -366,7 +534,7 @@ def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunRes
     with RunTracker(mlruns, str(cfg.tracking.experiment), run_name, parent_run_id=parent_run_id_for_job(), tags=tags) as tracker:
         tracker.log_params(resolved)
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        out = train_and_evaluate(cfg, log_metrics=tracker.log_metrics, set_tags=tracker.set_tags, run_name=run_name)
+        out = fit_and_evaluate(prep, log_metrics=tracker.log_metrics, set_tags=tracker.set_tags)
         metrics = out.metrics
         tracker.log_metrics({k: v for k, v in metrics.items() if k not in out.reported})  # the rest is logged
         for step, row in enumerate(out.stage_metrics):

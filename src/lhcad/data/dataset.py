@@ -18,12 +18,22 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import NamedTuple
 
+import h5py
 import numpy as np
 
 from lhcad.data.events import Events
-from lhcad.data.storage import read_sample
+from lhcad.data.storage import DatasetError, read_sample, sample_info
 
-__all__ = ["Draw", "as_rng", "check_signal_frac", "draw_sample", "inject_signal", "load_dataset", "split"]
+__all__ = [
+    "Draw",
+    "as_rng",
+    "check_signal_frac",
+    "draw_sample",
+    "inject_signal",
+    "load_dataset",
+    "split",
+    "stored_columns",
+]
 
 _FRACTION_TOLERANCE = 1e-9
 
@@ -58,6 +68,18 @@ def load_dataset(
     if isinstance(samples, str):
         samples = (samples,)
     return {name: Events(read_sample(root, name, columns, verify=verify)) for name in samples}
+
+
+def stored_columns(root: Path | str, sample: str) -> frozenset[str]:
+    """Column names sample ``sample`` of dataset ``root`` stores (read from its first shard's
+    index, without loading any event)."""
+    shards = sample_info(root, sample)["shards"]
+    first = Path(root) / shards[min(shards, key=int)]["file"]
+    try:
+        with h5py.File(first, "r") as f:
+            return frozenset(f.keys())
+    except OSError as exc:
+        raise DatasetError(f"cannot read shard {first} ({exc})") from exc
 
 
 # ---------------------------------------------------------------------------------------------- injection

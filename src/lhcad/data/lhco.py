@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import logging
-from collections.abc import Iterator, Sequence
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,13 +43,23 @@ from lhcad.data.storage import DatasetError
 
 __all__ = [
     "FEATURES_FILE_COLUMNS",
+    "LHCO_SAMPLES",
+    "MISSING_COLUMNS",
     "RAW_N_COLUMNS",
     "RAW_N_PARTICLES",
+    "check_output_dir",
+    "check_samples_present",
+    "convert_hint",
     "convert_lhco",
     "iter_lhco_features",
     "iter_lhco_raw",
+    "missing_sample_hint",
+    "mixed_sources",
     "read_lhco_features",
     "read_lhco_raw",
+    "sample_origin",
+    "sample_provenance",
+    "unavailable_columns",
 ]
 
 logger = logging.getLogger(__name__)
@@ -424,15 +436,195 @@ def read_lhco_features(
 
 # ------------------------------------------------------------------------------------------ conversion
 
+LHCO_SAMPLES: tuple[str, ...] = tuple(_SAMPLE_OF_LABEL.values())
+"""Samples a conversion writes (``qcd`` = label 0, ``signal`` = label 1)."""
+
+MISSING_COLUMNS: dict[str, tuple[str, ...]] = {
+    "raw": (),
+    "features": ("j1_tau4", "j2_tau4", "j1_nconst", "j2_nconst"),
+}
+"""Stored columns that hold placeholders (NaN / -1), not measurements, per kind of source file."""
+
+CONVERTER = "lhcad-convert-lhco"
+"""``config.origin`` of a converted sample in the manifest."""
+
+_LOCK = ".convert.lock"
+
+
+def check_output_dir(out: Path | str) -> Path:
+    """``out`` as a Path, or a :class:`DatasetError` in one sentence when it cannot be a directory
+    (it, or the nearest existing parent, is a file)."""
+    out = Path(out)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is an existing file" if path == out else f"lies under the existing file {path}"
+                raise DatasetError(
+                    f"output path {out} {what}, not a directory: give a directory for the dataset"
+                )
+            break
+    return out
+
+
+@dataclasses.dataclass
+class _Source:
+    """One input file of a conversion: where, what, which rows, and what it gave per sample."""
+
+    path: Path
+    kind: str
+    sha256: str
+    size: int
+    start: int
+    stop: int
+    rows_passed: int = 0
+    n_events: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def record(self, sample: str) -> dict[str, Any]:
+        """The manifest record of this file in ``sample``'s ``sources``."""
+        return {
+            "file": self.path.name, "path": str(self.path.resolve()), "sha256": self.sha256,
+            "size": self.size, "kind": self.kind, "record": _FILES[self.kind][1],
+            "start": self.start, "stop": self.stop, "rows_passed": self.rows_passed,
+            "n_events": self.n_events.get(sample, 0),
+        }
+
+
+def _legacy_sources(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``sources`` of a sample converted before they were recorded (from its ``config``)."""
+    if entry.get("sources") is not None:
+        return list(entry["sources"])
+    config = entry.get("config") or {}
+    if config.get("kind") not in _FILES or "source" not in config:
+        return []
+    start = int(config.get("start", 0))
+    return [{
+        "file": Path(config["source"]).name, "path": config["source"], "sha256": None, "size": None,
+        "kind": config["kind"], "record": config.get("source_record"), "start": start,
+        "stop": start + int(config.get("rows_read", 0)), "rows_passed": config.get("rows_passed"),
+        "n_events": int(sum(s["n_events"] for s in entry.get("shards", {}).values())),
+    }]
+
+
+def sample_origin(entry: Mapping[str, Any]) -> str:
+    """``"converted"`` (by lhcad-convert-lhco), ``"generated"`` (by lhcad-generate) or ``"unknown"``
+    for one sample's manifest entry."""
+    config = entry.get("config") or {}
+    if entry.get("sources") or config.get("origin") == CONVERTER or config.get("kind") in _FILES:
+        return "converted"
+    if "config_hash" in entry or "pythia" in config:
+        return "generated"
+    return "unknown"
+
+
+def _same_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two source records name the same file (checksum, else path) with overlapping rows."""
+    if a.get("sha256") and b.get("sha256"):
+        same = a["sha256"] == b["sha256"]
+    else:
+        same = a.get("path") == b.get("path")
+    return same and max(a["start"], b["start"]) < min(a["stop"], b["stop"])
+
+
+def _check_duplicates(new: Sequence[_Source], existing: Sequence[Mapping[str, Any]], out: Path) -> None:
+    """No file's rows may enter the dataset twice (within this call, or already converted)."""
+    records = [s.record("") for s in new]
+    for i, rec in enumerate(records):
+        for other in records[:i]:
+            if _same_rows(rec, other):
+                raise DatasetError(
+                    f"{rec['path']} and {other['path']} are the same file (sha256 {rec['sha256'][:12]}...) "
+                    f"with overlapping rows: each event would be converted twice; give each file once"
+                )
+        for old in existing:
+            if _same_rows(rec, old):
+                raise DatasetError(
+                    f"rows {rec['start']}-{rec['stop']} of {rec['path']} are already in {out} (converted "
+                    f"from {old['path']}, rows {old['start']}-{old['stop']}); nothing was changed"
+                )
+
+
+def _check_appendable(
+    out: Path, sample: str, entry: Mapping[str, Any], kind: str, cfg: JetConfig | None
+) -> None:
+    """An existing sample may only grow by files of the same kind, converted the same way."""
+    config = entry.get("config") or {}
+    origin = sample_origin(entry)
+    if origin != "converted":
+        made = "generated by lhcad-generate" if origin == "generated" else "not made by lhcad-convert-lhco"
+        raise DatasetError(
+            f"sample '{sample}' of {out} was {made}; converted events cannot be appended to it "
+            "(convert into another directory, or pass --overwrite to replace the whole dataset)"
+        )
+    if config.get("kind") != kind:
+        raise DatasetError(
+            f"sample '{sample}' of {out} was converted from a {config.get('kind')} file; a {kind} file "
+            "has other columns and cannot be appended to it (convert it into another directory)"
+        )
+    old_cfg = config.get("jet_config")
+    if cfg is not None and old_cfg is not None and old_cfg != dataclasses.asdict(cfg):
+        diff = sorted(k for k, v in dataclasses.asdict(cfg).items() if old_cfg.get(k) != v)
+        raise DatasetError(
+            f"sample '{sample}' of {out} was converted with other jet settings (differ in: {', '.join(diff)}); "
+            "append with the same --images / --constituents, or convert into another directory"
+        )
+
+
+def _remove_all_samples(out: Path, manifest: dict[str, Any]) -> list[str]:
+    """``--overwrite``: drop every sample (converted or generated) and delete its shard files."""
+    removed = sorted(manifest["samples"])
+    for name in removed:
+        for info in manifest["samples"][name].get("shards", {}).values():
+            (out / info["file"]).unlink(missing_ok=True)
+        sample_dir = out / name
+        if sample_dir.is_dir():
+            for stale in sample_dir.glob("shard_*.h5"):  # left by an interrupted run
+                stale.unlink()
+            with contextlib.suppress(OSError):
+                sample_dir.rmdir()
+    manifest["samples"].clear()
+    return removed
+
+
+def _plan_output(
+    out: Path, kind: str, cfg: JetConfig | None, sources: Sequence[_Source], overwrite: bool, append: bool
+) -> dict[str, list[str]]:
+    """Check (and with ``overwrite`` empty) the output; returns the shard keys each sample has now."""
+    with storage.edit_manifest(out) as manifest:
+        samples = manifest["samples"]
+        if overwrite:
+            removed = _remove_all_samples(out, manifest)
+            if removed:
+                logger.info("--overwrite: removed sample(s) %s from %s", removed, out)
+            return {}
+        present = [s for s in LHCO_SAMPLES if s in samples]
+        if present and not append:
+            raise DatasetError(
+                f"dataset {out} already holds sample(s) {present}; pass --append (append=True) to add "
+                "this file's events to them, --overwrite (overwrite=True) to replace the whole dataset, "
+                "or choose another output directory"
+            )
+        existing: list[dict[str, Any]] = []
+        for s in present:
+            _check_appendable(out, s, samples[s], kind, cfg)
+            existing += _legacy_sources(samples[s])
+        _check_duplicates(sources, existing, out)
+        return {s: sorted(samples[s].get("shards", {}), key=int) for s in present}
+
 
 class _ShardWriter:
-    """Buffers one sample's events and writes them as shards of ``shard_size`` events."""
+    """Buffers one sample's events and writes them as shards of ``shard_size`` events.
 
-    def __init__(self, root: Path, sample: str, shard_size: int, attrs: dict[str, Any]) -> None:
-        self.root, self.sample, self.shard_size, self.attrs = root, sample, shard_size, attrs
+    Shards are written to disk (atomically) but not recorded in the manifest: :attr:`records`
+    collects them for one manifest transaction at the end of the conversion.
+    """
+
+    def __init__(self, root: Path, sample: str, shard_size: int, first_index: int) -> None:
+        self.root, self.sample, self.shard_size = root, sample, shard_size
+        self.attrs: dict[str, Any] = {}
         self._buffer: list[dict[str, np.ndarray]] = []
         self._buffered = 0
-        self.n_shards = 0
+        self.index = first_index
+        self.records: dict[str, dict[str, Any]] = {}
         self.n_events = 0
 
     def add(self, cols: dict[str, np.ndarray]) -> None:
@@ -448,43 +640,101 @@ class _ShardWriter:
             self._buffered -= self.shard_size
             self._buffer = [rest] if self._buffered else []
 
-    def close(self, template: dict[str, np.ndarray]) -> None:
-        """Write what is left (an empty shard if the sample got no event, so that it still exists)."""
-        if self._buffered or self.n_shards == 0:
-            parts = self._buffer or [{k: v[:0] for k, v in template.items()}]
-            self._write({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    def flush(self) -> None:
+        """Write what is buffered (at the end of each source file: a shard holds one file's events)."""
+        if self._buffered:
+            self._write({k: np.concatenate([p[k] for p in self._buffer]) for k in self._buffer[0]})
         self._buffer, self._buffered = [], 0
 
+    def write_empty(self, template: dict[str, np.ndarray]) -> None:
+        """One empty shard with every column, so that a sample without events still exists."""
+        self._write({k: v[:0] for k, v in template.items()})
+
     def _write(self, cols: dict[str, np.ndarray]) -> None:
-        path = storage.shard_path(self.root, self.sample, self.n_shards)
+        path = storage.shard_path(self.root, self.sample, self.index)
         digest = storage.write_shard(path, cols, attrs=self.attrs)
         n = len(cols["label"])
-        storage.record_shard(self.root, self.sample, self.n_shards,
-                             {"file": str(path.relative_to(self.root)), "n_events": n, "sha256": digest})
-        self.n_shards += 1
+        self.records[str(self.index)] = {"file": str(path.relative_to(self.root)), "n_events": n, "sha256": digest}
+        self.index += 1
         self.n_events += n
 
 
-def _prepare_output(out: Path, samples: Sequence[str], overwrite: bool) -> None:
-    """Refuse to mix with existing samples, or (``overwrite``) remove them and their shard files."""
+@contextlib.contextmanager
+def _conversion_lock(out: Path) -> Iterator[None]:
+    """One conversion at a time per output directory (shard numbering assumes it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / _LOCK, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatasetError(f"another lhcad-convert-lhco is writing to {out}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _sample_config(kind: str, label: int, cfg: JetConfig | None, sources: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A converted sample's ``config``; the per-file fields of old manifests only for a single file."""
+    config: dict[str, Any] = {
+        "origin": CONVERTER, "kind": kind, "label": label, "source_record": _FILES[kind][1],
+        "jet_config": dataclasses.asdict(cfg) if cfg is not None else None,
+    }
+    if len(sources) == 1:
+        src = sources[0]
+        config |= {"source": src["path"], "start": src["start"], "rows_read": src["stop"] - src["start"],
+                   "rows_passed": src["rows_passed"]}
+    return config
+
+
+def _commit(
+    out: Path, writers: Mapping[int, _ShardWriter], planned: Mapping[str, list[str]], sources: Sequence[_Source],
+    kind: str, cfg: JetConfig | None,
+) -> dict[str, int]:
+    """Record every new shard and source in one manifest transaction; returns the samples' totals.
+
+    Refuses (saving nothing) when a sample changed during the conversion or its counts do not add
+    up: old events + new events = the sum over its sources = the sum over its shards.
+    """
+    totals: dict[str, int] = {}
     with storage.edit_manifest(out) as manifest:
-        present = [s for s in samples if s in manifest["samples"]]
-        if not present:
-            return
-        if not overwrite:
-            raise DatasetError(
-                f"dataset {out} already holds sample(s) {present}; choose another output directory "
-                "or pass overwrite=True (--overwrite) to replace them"
+        for label, writer in writers.items():
+            sample = writer.sample
+            entry = manifest["samples"].setdefault(sample, {})
+            shards = entry.setdefault("shards", {})
+            if sorted(shards, key=int) != planned.get(sample, []):
+                raise DatasetError(f"sample '{sample}' of {out} changed during the conversion; run it again")
+            n_old = sum(int(s["n_events"]) for s in shards.values())
+            old_sources = _legacy_sources(entry)  # before the new shards count
+            shards.update(writer.records)
+            entry["sources"] = old_sources + [s.record(sample) for s in sources]
+            entry["config"] = _sample_config(kind, label, cfg, entry["sources"])
+            entry["missing_columns"] = list(MISSING_COLUMNS[kind])
+            n_shards = sum(int(s["n_events"]) for s in shards.values())
+            n_sources = sum(int(s["n_events"]) for s in entry["sources"])
+            if not n_shards == n_sources == n_old + writer.n_events:
+                raise DatasetError(
+                    f"sample '{sample}' of {out}: event counts do not add up (shards {n_shards}, sources "
+                    f"{n_sources}, before {n_old} + converted {writer.n_events}); the manifest was not changed"
+                )
+            totals[sample] = n_shards
+    return totals
+
+
+def _warn_empty(out: Path, totals: Mapping[str, int], sources: Sequence[_Source], kind: str) -> None:
+    other = {"qcd": "background (label 0)", "signal": "signal (label 1)"}
+    for sample, n in totals.items():
+        if n == 0:
+            files = ", ".join(s.path.name for s in sources)
+            logger.warning(
+                "sample '%s' of %s is EMPTY: %s had no %s events; runs need both qcd and signal, so add a "
+                "file with such events: `%s FILE %s --kind %s --append`",
+                sample, out, files, other[sample], CONVERTER, shlex.quote(str(out)), kind,
             )
-        for s in present:
-            for info in manifest["samples"][s].get("shards", {}).values():
-                (out / info["file"]).unlink(missing_ok=True)
-            del manifest["samples"][s]
-        logger.info("removed existing sample(s) %s from %s", present, out)
 
 
 def convert_lhco(
-    src: Path | str,
+    src: Path | str | Sequence[Path | str],
     out: Path | str,
     *,
     kind: Kind = "raw",
@@ -494,75 +744,213 @@ def convert_lhco(
     jet_config: JetConfig = JetConfig(),
     chunk_size: int | None = None,
     overwrite: bool = False,
+    append: bool = False,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Convert an LHC Olympics R&D file into an lhcad dataset with samples ``qcd`` and ``signal``.
+    """Convert LHC Olympics R&D files into an lhcad dataset with samples ``qcd`` and ``signal``.
 
-    The file is streamed in chunks of rows; each sample's events are written as shards of
-    ``shard_size`` events (:func:`~lhcad.data.storage.write_shard`) and recorded in the manifest as
-    they are completed, so memory stays bounded by one chunk plus one shard per sample. Each
-    sample's manifest entry gets a ``config`` describing the source. A sample with no event still
-    gets one empty shard, so that both samples always exist.
+    Each file is streamed in chunks of rows; events go to ``qcd`` (label 0) or ``signal`` (label 1)
+    and are written as shards of ``shard_size`` events (a shard never spans two files). All new
+    shards are recorded in the manifest in one transaction at the end, with per sample the files
+    it came from (``sources``: name, path, sha256, size, rows, events contributed), its ``config``
+    and ``missing_columns`` (the placeholder columns of the features file). An interrupted
+    conversion therefore leaves the manifest as it was. Several files of the same kind may be
+    given at once (e.g. per-label files), or added later with ``append``; the same rows of a file
+    (same sha256) never enter a dataset twice. A sample that ends up without events gets one empty
+    shard and a warning.
 
     Args:
-        src: ``events_anomalydetection.h5`` (``kind="raw"``) or
-            ``events_anomalydetection_v2.features.h5`` (``kind="features"``).
+        src: one file or several, all ``events_anomalydetection.h5``-like (``kind="raw"``) or all
+            ``events_anomalydetection_v2.features.h5``-like (``kind="features"``).
         out: dataset directory (created if needed).
-        n_events, start: file rows to convert (see :func:`iter_lhco_raw`).
+        n_events, start: rows to convert of each file (see :func:`iter_lhco_raw`).
         shard_size: events per shard file.
         jet_config: reconstruction settings (raw files only).
         chunk_size: rows read at once (default 10 000 for raw files, 100 000 for features files).
-        overwrite: replace ``qcd``/``signal`` samples already in ``out``.
+        overwrite: first remove every sample of ``out`` (converted or generated) and its shards.
+        append: add the events to the ``qcd``/``signal`` samples ``out`` already holds (same kind
+            and jet settings; refused for generated samples).
         progress: show a tqdm progress bar over the file rows.
 
     Returns:
-        Number of events written per sample.
+        Number of events added per sample by this call.
 
     Raises:
-        DatasetError: bad input file (see the readers), or ``out`` already holds the samples and
-            ``overwrite`` is False.
+        DatasetError: a bad input file (see the readers; all are checked before ``out`` is
+            touched), ``out`` is a file, ``out`` already holds the samples and neither
+            ``append`` nor ``overwrite`` is set, or an append that does not fit (see above).
     """
     if kind not in _FILES:
         raise ValueError(f"kind must be 'raw' or 'features', got {kind!r}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if overwrite and append:
+        raise ValueError("overwrite and append exclude each other")
     chunk_size = chunk_size or (10_000 if kind == "raw" else 100_000)
     _check_chunk_size(chunk_size)
-    src, out = Path(src), Path(out)
+    paths = [Path(src)] if isinstance(src, (str, Path)) else [Path(s) for s in src]
+    if not paths:
+        raise ValueError("no source file given")
+    out = check_output_dir(out)
     cfg = jet_config if kind == "raw" else None
+    opener = _open_raw if kind == "raw" else _open_features
 
-    with (_open_raw(src) if kind == "raw" else _open_features(src)) as frame:
-        lo, hi = _row_range(frame.n_rows, start, n_events, src)
-        chunks = (_iter_raw(frame, lo, hi, chunk_size, jet_config) if kind == "raw"
-                  else _iter_features(frame, lo, hi, chunk_size))
-        samples = list(_SAMPLE_OF_LABEL.values())
-        _prepare_output(out, samples, overwrite)
-        attrs = {"source": src.name, "kind": kind}
-        writers = {label: _ShardWriter(out, name, shard_size, attrs)
-                   for label, name in _SAMPLE_OF_LABEL.items()}
-        with tqdm(total=hi - lo, unit="event", unit_scale=True, desc=f"converting {src.name}",
-                  disable=not progress) as bar:
-            for n_read, cols in chunks:
-                for label, writer in writers.items():
-                    sel = cols["label"] == label
-                    writer.add({k: v[sel] for k, v in cols.items()})
-                bar.update(n_read)
+    with contextlib.ExitStack() as stack:
+        frames = [stack.enter_context(opener(p)) for p in paths]  # every file checked first
+        sources = []
+        for path, frame in zip(paths, frames):
+            lo, hi = _row_range(frame.n_rows, start, n_events, path)
+            sources.append(_Source(path, kind, storage.sha256_file(path), path.stat().st_size, lo, hi))
+        _check_duplicates(sources, [], out)
+        stack.enter_context(_conversion_lock(out))
+        planned = _plan_output(out, kind, cfg, sources, overwrite, append)
+        writers = {
+            label: _ShardWriter(out, name, shard_size, max((int(k) + 1 for k in planned.get(name, [])), default=0))
+            for label, name in _SAMPLE_OF_LABEL.items()
+        }
+        for source, frame in zip(sources, frames):
+            chunks = (_iter_raw(frame, source.start, source.stop, chunk_size, jet_config) if kind == "raw"
+                      else _iter_features(frame, source.start, source.stop, chunk_size))
+            before = {label: w.n_events for label, w in writers.items()}
+            for w in writers.values():
+                w.attrs = {"source": source.path.name, "kind": kind}
+            with tqdm(total=source.stop - source.start, unit="event", unit_scale=True,
+                      desc=f"converting {source.path.name}", disable=not progress) as bar:
+                for n_read, cols in chunks:
+                    for label, writer in writers.items():
+                        sel = cols["label"] == label
+                        writer.add({k: v[sel] for k, v in cols.items()})
+                    bar.update(n_read)
+            for w in writers.values():
+                w.flush()
+            source.n_events = {w.sample: w.n_events - before[label] for label, w in writers.items()}
+            source.rows_passed = sum(source.n_events.values())
         template = _empty_columns(cfg)
-        for writer in writers.values():
-            writer.close(template)
+        for name, writer in ((w.sample, w) for w in writers.values()):
+            if not planned.get(name) and not writer.records:  # a new sample without events still exists
+                writer.write_empty(template)
+        totals = _commit(out, writers, planned, sources, kind, cfg)
 
-    passed = sum(w.n_events for w in writers.values())
-    for label, writer in writers.items():
-        storage.update_sample(out, writer.sample, {"config": {
-            "source": str(src.resolve()),
-            "source_record": _FILES[kind][1],
-            "kind": kind,
-            "label": label,
-            "start": lo,
-            "rows_read": hi - lo,
-            "rows_passed": passed,
-            "jet_config": dataclasses.asdict(cfg) if cfg is not None else None,
-        }})
-    counts = {w.sample: w.n_events for w in writers.values()}
-    logger.info("converted %d of %d rows of %s into %s: %s", passed, hi - lo, src, out, counts)
-    return counts
+    added = {w.sample: w.n_events for w in writers.values()}
+    for source in sources:
+        logger.info("converted %d of %d rows of %s into %s: %s", source.rows_passed,
+                    source.stop - source.start, source.path, out, source.n_events)
+    _warn_empty(out, totals, sources, kind)
+    manifest = storage.load_manifest(out)
+    mixed = mixed_sources(out, sorted(manifest["samples"]))
+    if mixed:
+        logger.warning("%s", mixed)
+    return added
+
+
+# ------------------------------------------------------------------------------ what a dataset holds
+
+
+def convert_hint(root: Path | str) -> str:
+    """How to make the dataset ``root`` from the LHC Olympics R&D files: both command lines, for
+    a missing dataset (``data=lhco``)."""
+    out = shlex.quote(str(root))
+    features, raw = _FILES["features"], _FILES["raw"]
+    return (
+        f"convert the LHC Olympics R&D file with `{CONVERTER} {features[0]} {out} --kind features` "
+        f"(jet features, {features[1]}; no tau43 or nconst inputs) or "
+        f"`{CONVERTER} {raw[0]} {out} --kind raw` (particles, {raw[1]}; every input, slow)"
+    )
+
+
+def _entries(root: Path | str, samples: Sequence[str]) -> dict[str, dict[str, Any]]:
+    manifest = storage.load_manifest(root)
+    return {s: manifest["samples"][s] for s in samples if s in manifest["samples"]}
+
+
+def unavailable_columns(root: Path | str, samples: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Per sample of ``samples`` in the dataset, the stored columns that hold placeholders instead
+    of values (``missing_columns`` in the manifest; for samples converted before it was recorded,
+    derived from the source kind). Samples the dataset lacks are left out."""
+    out: dict[str, tuple[str, ...]] = {}
+    for sample, entry in _entries(root, samples).items():
+        if "missing_columns" in entry:
+            out[sample] = tuple(entry["missing_columns"])
+        else:
+            out[sample] = MISSING_COLUMNS.get((entry.get("config") or {}).get("kind"), ())
+    return out
+
+
+_TAG_LENGTH = 500
+
+
+def _provenance(entry: Mapping[str, Any]) -> str:
+    origin = sample_origin(entry)
+    config = entry.get("config") or {}
+    if origin == "converted":
+        sources = _legacy_sources(entry)
+        shown = [s for s in sources if s.get("n_events")] or sources
+        parts = []
+        for s in shown:
+            digest = f"sha256 {s['sha256'][:12]}" if s.get("sha256") else "no checksum recorded"
+            parts.append(f"{s['file']} ({s['kind']}, {digest}, rows {s['start']}-{s['stop']})")
+        text = "converted from " + "; ".join(parts) if parts else "converted (no source recorded)"
+    elif origin == "generated":
+        text = (f"generated by lhcad-generate (sample {config.get('sample')}, seed {config.get('seed')}, "
+                f"config {entry.get('config_hash')})")
+    else:
+        text = "unknown origin"
+    return text if len(text) <= _TAG_LENGTH else text[: _TAG_LENGTH - 3] + "..."
+
+
+def sample_provenance(root: Path | str, samples: Sequence[str]) -> dict[str, str]:
+    """Per sample, a one-line provenance for an MLflow tag (at most 500 characters), e.g.
+    ``converted from events_anomalydetection_v2.features.h5 (features, sha256 3f2a..., rows 0-1100000)``
+    or ``generated by lhcad-generate (sample sim, seed 1, config 9c1e...)``; ``missing`` for a sample
+    the dataset lacks."""
+    entries = _entries(root, samples)
+    return {s: _provenance(entries[s]) if s in entries else "missing" for s in samples}
+
+
+def mixed_sources(root: Path | str, samples: Sequence[str]) -> str | None:
+    """A one-line warning when ``samples`` mix events converted from LHC Olympics files with
+    events generated by lhcad-generate; ``None`` when they do not."""
+    origins = {s: sample_origin(e) for s, e in _entries(root, samples).items()}
+    converted = [s for s, o in origins.items() if o == "converted"]
+    generated = [s for s, o in origins.items() if o == "generated"]
+    if not converted or not generated:
+        return None
+    return (
+        f"dataset {root} mixes sources: {', '.join(converted)} converted from LHC Olympics files, "
+        f"{', '.join(generated)} generated by lhcad-generate (lhcad's own Pythia simulation and "
+        "reconstruction, not the LHC Olympics detector simulation)"
+    )
+
+
+def missing_sample_hint(root: Path | str, sample: str) -> str:
+    """What to do about a sample that the dataset ``root`` lacks (the text after 'no sample X')."""
+    path = shlex.quote(str(root))
+    entries = _entries(root, [*LHCO_SAMPLES, "sim", "outliers"]) if (Path(root) / storage.MANIFEST).is_file() else {}
+    converted = [s for s, e in entries.items() if sample_origin(e) == "converted"]
+    if not converted:
+        generate = f"make it with `lhcad-generate sample={sample} out={path}` (see README, 'Data')"
+        if sample in LHCO_SAMPLES:
+            return f"{generate}, or {convert_hint(root)}"
+        return f"{generate}; the LHC Olympics files have no '{sample}' sample"
+    if sample in LHCO_SAMPLES:
+        kind = (entries[converted[0]].get("config") or {}).get("kind", "raw")
+        return f"add a file holding its events with `{CONVERTER} FILE {path} --kind {kind} --append`"
+    return (
+        f"{root} holds LHC Olympics events converted by {CONVERTER} ({', '.join(converted)}), and the LHC "
+        f"Olympics R&D files have no '{sample}' sample, so no conversion makes one; use a method that needs "
+        f"only qcd and signal, or add lhcad's own simulation with `lhcad-generate sample={sample} out={path}` "
+        "(the run then mixes converted and generated events, and is tagged and warned so)"
+    )
+
+
+def check_samples_present(root: Path | str, samples: Sequence[str]) -> None:
+    """Raise a :class:`DatasetError` naming the first sample of ``samples`` that ``root`` lacks (or
+    holds without shards), with :func:`missing_sample_hint`; nothing when all are there."""
+    manifest = storage.load_manifest(root)
+    have = sorted(k for k, v in manifest["samples"].items() if v.get("shards"))
+    for sample in samples:
+        if sample not in have:
+            raise DatasetError(
+                f"dataset {Path(root)} has no sample '{sample}' (it has {have}); "
+                + missing_sample_hint(root, sample)
+            )

@@ -64,7 +64,7 @@ def _efficiencies(values: Iterable[float], name: str) -> tuple[float, ...]:
     out = tuple(float(v) for v in values)
     bad = [v for v in out if not 0.0 < v <= 1.0]
     if bad:
-        raise ValueError(f"EvaluationConfig.{name} must all be in (0, 1], got {bad}")
+        raise ValueError(f"{name} must all be in (0, 1], got {bad}")
     return out
 
 
@@ -102,12 +102,12 @@ class EvaluationConfig:
         self.mjj_range = tuple(float(v) for v in self.mjj_range)  # type: ignore[assignment]
         if len(self.mjj_range) != 2 or not self.mjj_range[0] < self.mjj_range[1]:
             raise ValueError(
-                f"EvaluationConfig.mjj_range must be (low, high) with low < high, got {self.mjj_range}"
+                f"mjj_range must be (low, high) with low < high, got {self.mjj_range}"
             )
         if int(self.mjj_bins) < 1:
-            raise ValueError(f"EvaluationConfig.mjj_bins must be >= 1, got {self.mjj_bins}")
+            raise ValueError(f"mjj_bins must be >= 1, got {self.mjj_bins}")
         if int(self.min_background) < 0:
-            raise ValueError(f"EvaluationConfig.min_background must be >= 0, got {self.min_background}")
+            raise ValueError(f"min_background must be >= 0, got {self.min_background}")
         self.mjj_bins, self.min_background = int(self.mjj_bins), int(self.min_background)
 
 
