@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -181,3 +183,151 @@ def test_missing_pythia_settings_database_is_named(monkeypatch):
     monkeypatch.setenv("PYTHIA8DATA", "/nonexistent/xmldoc")
     with pytest.raises(PythiaError, match="settings database.*PYTHIA8DATA='/nonexistent/xmldoc'"):
         make_pythia(["Beams:eCM = 13000."], seed=1)
+
+
+# ------------------------------------------------------------------------------------ the command line
+
+GENERATE = [sys.executable, "-m", "lhcad.cli.generate"]
+
+
+def run_generate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*GENERATE, *args], capture_output=True, text=True, timeout=300)
+
+
+def assert_one_sentence(proc: subprocess.CompletedProcess, rc: int, *needles: str) -> str:
+    """Exit status ``rc``, no traceback, one line of output holding every needle."""
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == rc, text
+    assert "Traceback" not in text and "Error executing job" not in text, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    for needle in needles:
+        assert needle in lines[0], text
+    return lines[0]
+
+
+def test_conflicting_configuration_is_one_sentence(tiny):
+    proc = run_generate("sample=qcd", "n_events=300", "shard_size=100", "seed=99", f"out={tiny}",
+                        "progress=false")
+    line = assert_one_sentence(proc, 2, "different configuration", "seed")
+    before = shard_checksums(tiny, "qcd")
+    again = subprocess.run(hinted_command(line), capture_output=True, text=True, timeout=300)  # what is there
+    assert again.returncode == 0 and shard_checksums(tiny, "qcd") == before, again.stdout + again.stderr
+
+
+def test_setting_pythia_rejects_is_one_sentence(tmp_path):
+    proc = run_generate("sample=qcd", "n_events=10", f"out={tmp_path}", "workers=1", "progress=false",
+                        'physics.extra_settings=["Foo:bar = 1"]')
+    text = proc.stdout + proc.stderr  # Pythia prints its own complaint first
+    assert proc.returncode == 2 and "Traceback" not in text, text
+    assert "Pythia rejected the setting 'Foo:bar = 1'" in text.strip().splitlines()[-1], text
+
+
+def test_output_path_that_is_a_file_is_one_sentence(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a dataset")
+    for out in (afile, afile / "sub"):
+        proc = run_generate("sample=qcd", "n_events=10", f"out={out}", "progress=false")
+        assert_one_sentence(proc, 2, str(afile), "not a directory")
+    assert afile.read_text() == "not a dataset"
+
+
+@pytest.mark.parametrize(
+    "bad, needle", [("sample=zprime", "unknown sample"), ("n_events=0", "n_events must be positive")]
+)
+def test_bad_generation_request_is_one_sentence(tmp_path, bad, needle):
+    proc = run_generate("sample=qcd", "n_events=10", f"out={tmp_path}", "progress=false", bad)
+    assert_one_sentence(proc, 2, needle)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def hinted_command(text: str) -> list[str]:
+    """The ``lhcad-generate`` command quoted in a message, as arguments for this interpreter."""
+    commands = re.findall(r"`(lhcad-generate [^`]*)`", text)
+    assert len(commands) == 1, text
+    return [*GENERATE, *shlex.split(commands[0])[1:]]
+
+
+def shard_checksums(root: Path, sample: str) -> dict[str, str]:
+    shards = json.loads((root / "manifest.json").read_text())["samples"][sample]["shards"]
+    return {k: v["sha256"] for k, v in shards.items()}
+
+
+def test_every_hint_is_the_command_that_works(tmp_path, caplog):
+    """Corrupt, missing and unrecorded shards: the message's command (seed, shard_size, n_events and the
+    non-default physics and jet settings from the manifest) is accepted and restores the exact dataset."""
+    out = tmp_path / "data"
+    made = run_generate("sample=signal", "n_events=30", "shard_size=10", "seed=11", f"out={out}", "workers=1",
+                        "batch_size=100", "physics.m_x=450.0", "jets.n_constituents=4", "progress=false")
+    assert made.returncode == 0, made.stdout + made.stderr
+    expected = shard_checksums(out, "signal")
+    shard = out / "signal" / "shard_00001.h5"
+
+    def follow(text: str) -> None:
+        proc = subprocess.run(hinted_command(text), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, text + "\n" + proc.stdout + proc.stderr
+        assert shard_checksums(out, "signal") == expected
+        read_sample(out, "signal")
+
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(DatasetError, match="corrupt") as info:
+        read_sample(out, "signal")
+    follow(str(info.value))
+
+    shard.unlink()
+    with pytest.raises(DatasetError, match="missing") as info:
+        read_sample(out, "signal")
+    follow(str(info.value))
+
+    from lhcad.data import storage
+
+    with storage.edit_manifest(out) as manifest:
+        del manifest["samples"]["signal"]["shards"]["2"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lhcad.data.storage"):
+        read_sample(out, "signal")
+    assert "incomplete" in caplog.text
+    follow(caplog.text)
+
+
+def test_hints_round_trip_through_the_command_line(tmp_path):
+    """The command built for a configuration composes (Hydra) back into the same configuration, quoting
+    included: paths with spaces, quotes and '${', Pythia strings with '=' and spaces, lists and mappings."""
+    from lhcad.data.generation_config import generate_command
+
+    base = make_config("outliers", 10, tmp_path)
+    physics = {**base.physics, "m_wprime": 3000.0, "outlier_masses": [[200, 40], [800, 250.5]],
+               "outlier_exclude": {"m_x": [400.0, 600.0], "m_y": [60.0, 140.0]},
+               "extra_settings": ["TimeShower:pTmin = 0.9", "StringZ:aLund=0.6"]}
+    jets = replace(base.jets, images=True, R=0.8)
+    out = tmp_path / "a dir" / 'it\'s "q" ${x}'
+    cfg = replace(base, n_events=123, out=str(out), seed=3, shard_size=7, workers=3, batch_size=50,
+                  physics=physics, jets=jets)
+    words = shlex.split(generate_command(cfg))
+    assert words[0] == "lhcad-generate"
+    with initialize_config_dir(config_dir=CONF_DIR):
+        back = config_from_hydra(compose("generate", overrides=words[1:]))
+    assert back == cfg
+    # defaults are left out, the keys that identify the sample are always there
+    plain = make_config("qcd", 50, tmp_path)
+    assert shlex.split(generate_command(plain))[1:] == [
+        "sample=qcd", "n_events=50", f"out={tmp_path}", "seed=7", f"shard_size={plain.shard_size}"]
+
+
+def test_hints_for_a_manifest_without_physics(fixture_dir, tmp_path):
+    """Manifests written before the physics settings were recorded (the committed fixture) still give
+    a command whose configuration is the one on disk."""
+    import shutil
+
+    copy = tmp_path / "fixture"
+    shutil.copytree(fixture_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for sample, entry in manifest["samples"].items():
+        (copy / entry["shards"]["0"]["file"]).unlink()
+        with pytest.raises(DatasetError, match="missing") as info:
+            read_sample(copy, sample)
+        words = hinted_command(str(info.value))[len(GENERATE):]
+        with initialize_config_dir(config_dir=CONF_DIR):
+            cfg = config_from_hydra(compose("generate", overrides=words))
+        assert cfg.identity_hash() == entry["config_hash"], (sample, words)
+        assert cfg.n_events == entry["n_events"] and cfg.sample == sample

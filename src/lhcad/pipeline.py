@@ -154,7 +154,7 @@ def _eval_config(selection: Mapping[str, Any], search: Mapping[str, Any] | None 
         min_background=int(selection["min_background"]),
         mjj_bins=int(selection["mjj_bins"]),
         mjj_range=tuple(float(v) for v in selection["mjj_range"]),
-        plots=bool(selection.get("plots", True)),
+        plots=selection.get("plots", True),
     )
 
 
@@ -218,12 +218,44 @@ def apply_transforms(
         raise ConfigError(f"transform.alpha: {err}") from None
 
 
+def _resolve_plots(cfg: DictConfig) -> None:
+    """``selection.plots=auto``: ``full`` for a single run, ``minimal`` for a job of a multirun or
+    sweep (which must not pay for every figure of every job)."""
+    if cfg.selection.get("plots", True) != "auto":
+        return
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # no Hydra app: a script or notebook
+        multirun = False
+    with open_dict(cfg):
+        cfg.selection.plots = "minimal" if multirun else "full"
+
+
+def _log_figures(tracker: Any, evaluation: Evaluation, title: str) -> None:
+    """Every figure at the top level of the run's artifacts (MLflow's compare view shows those
+    side by side), titled with the run."""
+    for fname, fig in evaluation.figures.items():
+        fig.suptitle(title, fontsize="medium")
+        tracker.log_figure(fig, fname)
+
+
+def _log_summary(tracker: Any, evaluation: Evaluation, run_name: str, cfg: DictConfig) -> None:
+    """The run's summary table as ``summary.md`` and ``summary.csv`` (top level) and as the run's
+    description (``mlflow.note.content``, rendered as markdown by the MLflow UI)."""
+    title = f"{run_name}: {_method_name(cfg)} at signal_frac {cfg.signal_frac:g}, seed {cfg.seed}, data={cfg.data.name}"
+    markdown = evaluation.summary_markdown(title)
+    tracker.log_text(markdown, "summary.md")
+    tracker.log_text(evaluation.summary_csv(), "summary.csv")
+    tracker.set_tags({"mlflow.note.content": markdown})
+
+
 def _log_artifacts(
     tracker: Any, evaluation: Evaluation, test: Events, test_scores: Scores, signal_scores: Scores
 ) -> None:
-    """Plots, scores (with the test labels and m_jj needed to redo any selection) and curves."""
-    for fname, fig in evaluation.figures.items():
-        tracker.log_figure(fig, f"plots/{fname}")
+    """Scores (with the test labels and m_jj needed to redo any selection) and curves."""
     arrays = {f"test_{k}": v for k, v in test_scores.as_arrays().items()}
     arrays |= {f"signal_{k}": v for k, v in signal_scores.as_arrays().items()}
     arrays |= {"test_label": test.labels, "test_mjj": test["mjj"]}
@@ -259,7 +291,8 @@ class PreparedRun:
     """A run checked and drawn, before anything is trained or logged (see :func:`prepare`).
 
     ``counts`` are event counts to log as metrics; ``tags`` describe the data (dataset, checksum,
-    device); ``t_start`` is when preparation began (``time/total_s`` counts from there).
+    device, provenance); ``t_start`` is when preparation began (``time/total_s`` counts from there)
+    and ``load_seconds`` how long it took (``time/load_s``: checks, generation, reading, drawing).
     """
 
     cfg: DictConfig
@@ -276,6 +309,7 @@ class PreparedRun:
     counts: dict[str, float]
     tags: dict[str, str]
     t_start: float
+    load_seconds: float
 
 
 def _preflight_config(cfg: DictConfig) -> EvaluationConfig:
@@ -297,7 +331,7 @@ def _check_columns(root: Path, samples: tuple[str, ...], inputs: InputRepresenta
         if missing:
             hint = (
                 "the dataset has no jet images: use data=lhco_like (generates an image dataset next to it) or "
-                "generate one with `lhcad-generate images=true`"
+                "generate one with `lhcad-generate jets.images=true`"
                 if inputs.kind == "image"
                 else "choose inputs.names from the stored features"
             )
@@ -365,6 +399,7 @@ def prepare(cfg: DictConfig, run_name: str | None = None) -> PreparedRun:
         ConfigError, DatasetError: with one sentence that says what to change.
     """
     t_start = time.perf_counter()
+    _resolve_plots(cfg)
     eval_config = _preflight_config(cfg)
     inputs: InputRepresentation = build(cfg.inputs)
     try:
@@ -403,8 +438,9 @@ def prepare(cfg: DictConfig, run_name: str | None = None) -> PreparedRun:
         log.warning("%s", warning)
         tags["mixed_sources"] = "true"
     return PreparedRun(
-        cfg, method, run_name, device, eval_config, data, parts, test, val, unused_signal, spare, counts, tags, t_start
-    )
+        cfg, method, run_name, device, eval_config, data, parts, test, val, unused_signal, spare, counts, tags,
+        t_start, time.perf_counter() - t_start,
+    )  # fmt: skip
 
 
 def fit_and_evaluate(
@@ -436,12 +472,15 @@ def fit_and_evaluate(
         spare_background=prep.spare if method.needs_spare_background else None,
         log_metrics=record, progress=bool(cfg.progress),
     )  # fmt: skip
+    seconds = {"load": prep.load_seconds}
     t_fit = time.perf_counter()
     method.fit(prep.parts, ctx)
-    fit_seconds = time.perf_counter() - t_fit
+    seconds["fit"] = time.perf_counter() - t_fit
 
+    t_score = time.perf_counter()
     test_scores = method.score(test)
     signal_scores = method.score(unused_signal)
+    seconds["score"] = time.perf_counter() - t_score
     statistics = [build(s) for s in cfg.search.get("statistics", [])]
     evaluation = evaluate(
         test, test_scores, unused_signal, signal_scores, prep.eval_config, statistics, closure=_closure_config(cfg)
@@ -452,7 +491,8 @@ def fit_and_evaluate(
     metrics["val_loss"] = float(method.val_loss)
     if prep.val is not None and len(prep.val):
         metrics["val_auc"] = _val_auc(method.score(prep.val), prep.val.labels)
-    metrics["time/fit_s"] = fit_seconds
+    seconds |= {"evaluate" if k == "metrics" else k: v for k, v in evaluation.seconds.items()}
+    metrics |= {f"time/{phase}_s": value for phase, value in seconds.items()}
     metrics["time/total_s"] = time.perf_counter() - prep.t_start
     stages = _stage_metrics(method, test, unused_signal)
     return Outcome(
@@ -515,6 +555,7 @@ def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunRes
     """One run logged to MLflow (see :func:`run`)."""
     from lhcad.tracking import RunTracker, ensure_store, git_commit, parent_run_id_for_job, ui_command
 
+    t_start = time.perf_counter()
     validate(cfg)  # before the run name is formatted from it
     name = _method_name(cfg)
     run_name = _run_name(cfg)
@@ -536,20 +577,28 @@ def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunRes
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         out = fit_and_evaluate(prep, log_metrics=tracker.log_metrics, set_tags=tracker.set_tags)
         metrics = out.metrics
-        tracker.log_metrics({k: v for k, v in metrics.items() if k not in out.reported})  # the rest is logged
-        for step, row in enumerate(out.stage_metrics):
-            tracker.log_metrics({f"stage/{k}": v for k, v in row.items()}, step=step)
-
-        _log_artifacts(tracker, out.evaluation, out.test, out.test_scores, out.signal_scores)
-        if cfg.tracking.get("log_models", True) and (state := out.method.state()):
-            tracker.log_torch_state(state, "model/state.pt")
-
         objective = None
         if cfg.get("objective"):
             if cfg.objective not in metrics:
                 raise ConfigError(f"objective '{cfg.objective}' is not a metric of this run; choose from {sorted(metrics)}")
             objective = float(metrics[cfg.objective])
+
+        t_plots = time.perf_counter()
+        _log_figures(tracker, out.evaluation, f"{run_name} (data={cfg.data.name})")
+        metrics["time/plots_s"] = time.perf_counter() - t_plots
+        t_logging = time.perf_counter()
+        final = {k: v for k, v in metrics.items() if k not in out.reported and k != "time/total_s"}
+        tracker.log_metrics(final)  # the rest was logged while the run went
+        for step, row in enumerate(out.stage_metrics):
+            tracker.log_metrics({f"stage/{k}": v for k, v in row.items()}, step=step)
+        _log_artifacts(tracker, out.evaluation, out.test, out.test_scores, out.signal_scores)
+        if cfg.tracking.get("log_models", True) and (state := out.method.state()):
+            tracker.log_torch_state(state, "model/state.pt")
         summary = out.evaluation.summary_lines()
+        _log_summary(tracker, out.evaluation, run_name, cfg)
+        metrics["time/logging_s"] = time.perf_counter() - t_logging
+        metrics["time/total_s"] = time.perf_counter() - t_start
+        tracker.log_metrics({k: metrics[k] for k in ("time/logging_s", "time/total_s")})
         run_id = tracker.run_id
 
     log.info("%s finished in %.0f s\n%s", run_name, metrics["time/total_s"], "\n".join(summary))

@@ -6,17 +6,30 @@ the sample's configuration and ``i``: the same dataset comes out whatever the nu
 and an interrupted run resumes by generating only the shards the manifest does not list as
 complete. Each worker streams batches of events through the jet reconstruction and keeps at most
 one shard in memory, so memory stays flat however many events are asked for.
+
+Stopping is safe at any time. SIGINT (Ctrl-C) and SIGTERM stop the workers, leave the manifest
+consistent and no temporary file, and log the command that resumes. Workers ignore the terminal's
+Ctrl-C (the driver stops them) and die with the driver even when it is SIGKILLed (Linux
+``PR_SET_PDEATHSIG``, elsewhere a thread watching the parent), so nothing writes shards behind the
+manifest's back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +48,18 @@ SAMPLE_LABELS = {"qcd": BACKGROUND_LABEL, "sim": BACKGROUND_LABEL, "signal": SIG
 
 class GenerationError(RuntimeError):
     """A generation request conflicts with what is already on disk."""
+
+
+class WorkerDied(GenerationError):
+    """A worker process died (killed from outside, out of memory); complete shards are kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Generation stopped by SIGINT or SIGTERM (``signum``); complete shards are kept."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -134,11 +159,32 @@ def plan_shards(cfg: GenerationConfig) -> list[ShardTask]:
 # ------------------------------------------------------------------------------------------- worker side
 
 _progress_queue: Any = None
+PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(queue: Any) -> None:
+def _init_worker(queue: Any, parent: int) -> None:
+    """Worker set-up: progress queue, ignore Ctrl-C (the driver stops the workers), die with the driver."""
     global _progress_queue
     _progress_queue = queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux); elsewhere watch the parent."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+def _watch_parent(parent: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
 
 
 def _report(n: int) -> None:
@@ -194,11 +240,19 @@ def _claim_sample(cfg: GenerationConfig) -> dict[str, Any]:
         if entry.get("shards") and entry.get("config_hash") != ident_hash:
             old = entry.get("config", {})
             diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+            from lhcad.data.generation_config import regenerate_command  # builds on this module
+
+            cmd = regenerate_command(root, cfg.sample, entry)
             raise GenerationError(
                 f"{root}/{cfg.sample} was generated with a different configuration (differs in: "
-                f"{', '.join(diff) or 'format'}); generate into another out= directory (nothing here was changed)"
+                f"{', '.join(diff) or 'format'}); generate into another out= directory"
+                + (f", or complete the one there with `{cmd}`" if cmd else "")
+                + " (nothing here was changed)"
             )
-        entry.update({"config": ident, "config_hash": ident_hash, "n_requested": cfg.n_events})
+        # physics: not all of it is part of the identity, but it makes the hints' commands exact
+        entry.update(
+            {"config": ident, "config_hash": ident_hash, "n_requested": cfg.n_events, "physics": cfg.physics}
+        )
         entry.setdefault("shards", {})
     return entry
 
@@ -214,13 +268,54 @@ def _is_complete(root: Path, task: ShardTask, shards: dict[str, Any]) -> bool:
 def _remove_stale_temporaries(sample_dir: Path) -> None:
     """Delete temporary shard files left by writers that are no longer running."""
     for tmp in sample_dir.glob(".shard_*.tmp-*"):
-        pid = int(tmp.name.rsplit("-", 1)[-1])
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            os.kill(int(tmp.name.rsplit("-", 1)[-1]), 0)
+        except (ProcessLookupError, ValueError):
             tmp.unlink(missing_ok=True)
         except PermissionError:
             pass
+
+
+def _make_out(root: Path) -> None:
+    """Create the dataset directory, refusing a path that is (or lies under) a file."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), root)
+        raise GenerationError(
+            f"out={root} cannot be a dataset directory: {blocker} is a file, not a directory; "
+            "choose another out="
+        ) from None
+    except PermissionError as exc:
+        raise GenerationError(f"cannot create out={root} ({exc.strerror}); choose another out=") from None
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` (once; later ones are ignored while stopping).
+
+    Only where Python's defaults are in place (main thread, handlers not set by someone else).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise Interrupted(signum)
+
+    previous = {}
+    for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(signum) is default:
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def generate(cfg: GenerationConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -232,6 +327,7 @@ def generate(cfg: GenerationConfig, *, progress: bool = True) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     root = Path(cfg.out)
+    _make_out(root)
     entry = _claim_sample(cfg)
     _remove_stale_temporaries(root / cfg.sample)
     tasks = plan_shards(cfg)
@@ -246,18 +342,27 @@ def generate(cfg: GenerationConfig, *, progress: bool = True) -> dict[str, Any]:
     total = sum(t.n_events for t in todo)
     bar = tqdm(total=total, unit="evt", desc=f"{cfg.sample}", disable=not progress, smoothing=0.1, dynamic_ncols=True)
     t0 = time.perf_counter()
-    try:
-        if workers == 1:
-            for task in todo:
-                storage.record_shard(root, cfg.sample, task.index, generate_shard(task, report=bar.update))
-        else:
-            _run_pool(todo, workers, root, cfg.sample, bar)
-    except KeyboardInterrupt:
-        bar.close()
-        shards = storage.load_manifest(root)["samples"][cfg.sample]["shards"]
-        left = sum(not _is_complete(root, t, shards) for t in tasks)
-        log.warning("interrupted: %d of %d shard(s) of %s left; re-run the same command to resume", left, len(tasks), cfg.sample)
-        raise
+    with _signals_interrupt():
+        try:
+            if workers == 1:
+                for task in todo:
+                    record = generate_shard(task, report=bar.update)
+                    storage.record_shard(root, cfg.sample, task.index, record)
+            else:
+                _run_pool(todo, workers, root, cfg.sample, bar)
+        except (KeyboardInterrupt, WorkerDied) as exc:
+            bar.close()
+            shards = storage.load_manifest(root)["samples"][cfg.sample]["shards"]
+            left = sum(str(t.index) not in shards for t in tasks)
+            if isinstance(exc, WorkerDied):
+                what = str(exc)
+            elif isinstance(exc, Interrupted) and exc.signum != signal.SIGINT:
+                what = f"stopped by {signal.Signals(exc.signum).name}"
+            else:
+                what = "interrupted"
+            log.warning("%s: %d of %d shard(s) of %s left; resume with `%s`",
+                        what, left, len(tasks), cfg.sample, _command(cfg))
+            raise
     bar.close()
     elapsed = time.perf_counter() - t0
     entry = storage.sample_info(root, cfg.sample)
@@ -269,22 +374,68 @@ def generate(cfg: GenerationConfig, *, progress: bool = True) -> dict[str, Any]:
     return entry
 
 
+def _command(cfg: GenerationConfig) -> str:
+    """The ``lhcad-generate`` command that resumes ``cfg``."""
+    from lhcad.data.generation_config import generate_command  # builds on this module
+
+    return generate_command(cfg)
+
+
 def _run_pool(todo: list[ShardTask], workers: int, root: Path, sample: str, bar) -> None:
+    """Generate ``todo`` on ``workers`` processes, recording each shard as it completes.
+
+    On any exception (Ctrl-C, SIGTERM, a failing shard) the workers are stopped and their
+    temporary files removed before it propagates.
+    """
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
-        pending: dict[Future, ShardTask] = {pool.submit(generate_shard, t): t for t in todo}
+    queue: Any = None
+    pool: ProcessPoolExecutor | None = None
+    try:
+        # the workers (and multiprocessing's resource tracker) inherit an ignored SIGINT from the
+        # moment they start, so a Ctrl-C reaching the whole process group leaves them to the driver
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
         try:
-            while pending:
-                finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                while not queue.empty():
-                    bar.update(queue.get_nowait())
-                for fut in finished:
-                    task = pending.pop(fut)
-                    storage.record_shard(root, sample, task.index, fut.result())
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
-            raise
+            queue = ctx.Queue()
+            pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, os.getpid())
+            )
+            pending: dict[Future, ShardTask] = {pool.submit(generate_shard, t): t for t in todo}
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        while pending:
+            finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            while not queue.empty():
+                bar.update(queue.get_nowait())
+            for fut in finished:
+                task = pending.pop(fut)
+                try:
+                    record = fut.result()
+                except BrokenProcessPool:
+                    raise WorkerDied("a worker process died (killed, or out of memory?)") from None
+                storage.record_shard(root, sample, task.index, record)
+    except BaseException:
+        if pool is not None:
+            _stop_workers(pool)
+        _remove_stale_temporaries(root / sample)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if queue is not None:
+            queue.close()
+            queue.join_thread()
+
+
+def _stop_workers(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
+    """Terminate the pool's processes now (SIGTERM, then SIGKILL) and reap them."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)

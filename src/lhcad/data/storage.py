@@ -8,7 +8,8 @@
       ...
 
 Shards are written to a temporary file and renamed into place, and the manifest is rewritten
-atomically under a file lock, so a killed writer never leaves a corrupt shard or manifest behind.
+atomically under a file lock, so a killed writer never leaves a corrupt shard or manifest behind
+(a temporary manifest it left is removed by the next lock holder).
 :func:`read_sample` checks every shard against the manifest before returning anything.
 """
 
@@ -20,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,18 +35,45 @@ FORMAT_VERSION = 1
 
 log = logging.getLogger(__name__)
 
-GENERATE_HINT = (
-    "make it with `lhcad-generate sample={sample} out={path}` (see README, 'Data'), "
-    "or convert the LHC Olympics files with `lhcad-convert-lhco SRC {path}`"
-)
-REGENERATE_HINT = (
-    "re-run the command that made it (`lhcad-generate sample={sample} out={path}` resumes a generated "
-    "sample; `lhcad-convert-lhco SRC {path} --overwrite` redoes a converted one)"
-)
-
 
 class DatasetError(RuntimeError):
     """A dataset on disk is missing, incomplete or does not match its manifest."""
+
+
+def generate_hint(root: Path | str, sample: str) -> str:
+    """How to make a sample that is not there."""
+    from lhcad.data.generation_config import command_value  # the generator's layer, on demand
+
+    cmd = " ".join(["lhcad-generate", f"sample={sample}", shlex.quote(f"out={command_value(str(root))}")])
+    return (
+        f"make it with `{cmd}` (see README, 'Data'), "
+        f"or convert the LHC Olympics files with `lhcad-convert-lhco SRC {shlex.quote(str(root))}`"
+    )
+
+
+def regenerate_hint(root: Path | str, sample: str, entry: Mapping[str, Any]) -> str:
+    """The exact command that redoes a sample's missing or bad shards, from its manifest entry."""
+    config = entry.get("config") or {}
+    if "pythia" in config:  # made by lhcad-generate
+        from lhcad.data.generation_config import regenerate_command  # the generator's layer, on demand
+
+        cmd = regenerate_command(root, sample, entry)
+        if cmd is not None:
+            return f"re-run `{cmd}` (it keeps the complete shards and redoes the others)"
+        return (
+            f"re-run the lhcad-generate command that made it (sample={sample}, out={root}, "
+            f"seed={config.get('seed')}, shard_size={config.get('shard_size')} and the physics settings "
+            f"recorded in {Path(root) / MANIFEST})"
+        )
+    files = [str(src.get("path") or src.get("name")) for src in entry.get("sources") or []]
+    if not files and config.get("source"):
+        files = [str(config["source"])]
+    if files:  # made by lhcad-convert-lhco
+        return (
+            f"convert {', '.join(files)} again with `lhcad-convert-lhco` (see README, 'The real LHC "
+            "Olympics R&D files'; --overwrite replaces every sample of the directory)"
+        )
+    return "re-run the command that made it (see README, 'Data')"
 
 
 def shard_path(root: Path | str, sample: str, index: int) -> Path:
@@ -64,11 +93,15 @@ def sha256_file(path: Path | str, block: int = 1 << 20) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_shard(path: Path | str, columns: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None) -> str:
@@ -118,12 +151,18 @@ def read_shard(path: Path | str, columns: Sequence[str] | None = None) -> dict[s
 
 @contextlib.contextmanager
 def manifest_lock(root: Path | str) -> Iterator[None]:
-    """Exclusive lock on a dataset's manifest (several writers may share one directory)."""
+    """Exclusive lock on a dataset's manifest (several writers may share one directory).
+
+    The manifest's temporary file is only ever written under this lock, so one found on taking
+    it was left by a writer that died mid-write; it is removed.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".manifest.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            for stale in root.glob(f".{MANIFEST}.tmp-*"):
+                stale.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -136,7 +175,7 @@ def load_manifest(root: Path | str, *, must_exist: bool = True) -> dict[str, Any
         if must_exist:
             raise DatasetError(
                 f"no lhcad dataset at {Path(root).resolve()} (no {MANIFEST}); "
-                + GENERATE_HINT.format(sample="qcd", path=root)
+                + generate_hint(root, "qcd")
             )
         return {"format": FORMAT, "version": FORMAT_VERSION, "samples": {}}
     try:
@@ -193,7 +232,7 @@ def sample_info(root: Path | str, sample: str) -> dict[str, Any]:
         have = sorted(k for k, v in manifest["samples"].items() if v.get("shards"))
         raise DatasetError(
             f"dataset {Path(root).resolve()} has no sample '{sample}' (it has {have}); "
-            + GENERATE_HINT.format(sample=sample, path=root)
+            + generate_hint(root, sample)
         )
     return manifest["samples"][sample]
 
@@ -210,21 +249,20 @@ def verify_sample(root: Path | str, sample: str) -> list[Path]:
         if not path.exists():
             raise DatasetError(
                 f"shard {path} listed in {root / MANIFEST} is missing; "
-                + REGENERATE_HINT.format(sample=sample, path=root)
+                + regenerate_hint(root, sample, entry)
             )
         digest = sha256_file(path)
         if digest != info["sha256"]:
             raise DatasetError(
                 f"shard {path} is corrupt or was modified (sha256 {digest[:12]}... does not match the "
-                f"manifest's {info['sha256'][:12]}...); delete it and "
-                + REGENERATE_HINT.format(sample=sample, path=root)
+                f"manifest's {info['sha256'][:12]}...); " + regenerate_hint(root, sample, entry)
             )
         paths.append(path)
     requested = entry.get("n_requested")
     if requested is not None and entry["n_events"] < requested:
         log.warning(
             "sample '%s' in %s is incomplete (%d of %d requested events); %s", sample, root,
-            entry["n_events"], requested, REGENERATE_HINT.format(sample=sample, path=root),
+            entry["n_events"], requested, regenerate_hint(root, sample, entry),
         )
     return paths
 
@@ -258,7 +296,8 @@ def read_sample(
             parts.append(read_shard(path, columns))
         except (OSError, KeyError) as exc:
             raise DatasetError(
-                f"cannot read shard {path} ({exc}); delete it and " + REGENERATE_HINT.format(sample=name, path=root)
+                f"cannot read shard {path} ({exc}); delete it and "
+                + regenerate_hint(root, name, sample_info(root, name))
             ) from exc
     keys = list(parts[0])
     for path, part in zip(paths, parts):

@@ -19,6 +19,7 @@ from lhcad.evaluate.run_evaluation import (
     StatisticResult,
     evaluate,
     has_truth_labels,
+    plot_level,
 )
 from lhcad.evaluate.sculpting import jsd, mass_sculpting
 from lhcad.evaluate.selection import n_kept, select_efficiency, threshold_at_efficiency
@@ -34,6 +35,7 @@ __all__ = [
     "auc",
     "evaluate",
     "has_truth_labels",
+    "plot_level",
     "hep_style",
     "jsd",
     "mass_sculpting",

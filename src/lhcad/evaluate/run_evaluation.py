@@ -32,6 +32,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -55,9 +56,26 @@ __all__ = [
     "StatisticResult",
     "evaluate",
     "has_truth_labels",
+    "plot_level",
 ]
 
+PLOT_LEVELS = ("full", "minimal", "none")
+"""Values of ``selection.plots``: ``full`` (every figure), ``minimal`` (``roc.png``, ``sic.png`` and
+the dijet bump hunt's ``bumphunt.png``), ``none``; ``auto`` is resolved by the pipeline."""
+
 logger = logging.getLogger(__name__)
+
+
+def plot_level(value: bool | str) -> str:
+    """``full``, ``minimal`` or ``none`` from a ``selection.plots`` value (``True`` = ``full``,
+    ``False`` = ``none``)."""
+    if value is True:
+        return "full"
+    if value is False or value is None:
+        return "none"
+    if value not in PLOT_LEVELS:
+        raise ValueError(f"plots must be one of auto, {', '.join(PLOT_LEVELS)} (or true/false), got {value!r}")
+    return str(value)
 
 
 def _efficiencies(values: Iterable[float], name: str) -> tuple[float, ...]:
@@ -78,7 +96,7 @@ class EvaluationConfig:
         min_background: fewest background events a cut must keep for its SIC to count (max SIC).
         mjj_bins: number of mjj bins (plots and sculpting JSD).
         mjj_range: mjj range in GeV (plots and sculpting JSD).
-        plots: make figures.
+        plots: which figures to make (:func:`plot_level`: ``full``, ``minimal``, ``none``, or a bool).
         signal_region: m_jj window [GeV] in which the ``*_sr`` classifier metrics are also quoted
             (None: not computed).
     """
@@ -88,10 +106,11 @@ class EvaluationConfig:
     min_background: int = 20
     mjj_bins: int = 40
     mjj_range: tuple[float, float] = (1500.0, 6500.0)
-    plots: bool = True
+    plots: bool | str = True
     signal_region: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        self.plots = plot_level(self.plots)
         if self.signal_region is not None:
             self.signal_region = tuple(float(v) for v in self.signal_region)  # type: ignore[assignment]
             if len(self.signal_region) != 2 or not self.signal_region[0] < self.signal_region[1]:
@@ -235,6 +254,8 @@ class Evaluation:
         table: summary rows: one per selection efficiency, then the statistics' rows.
         config: the configuration used.
         closure: the background-only closure verdict (None when it was not asked for).
+        seconds: wall time of the evaluation's phases: ``metrics`` (with the figures made),
+            ``statistics`` and ``closure``.
     """
 
     metrics: dict[str, float]
@@ -243,9 +264,43 @@ class Evaluation:
     table: list[dict[str, Any]] = field(default_factory=list)
     config: EvaluationConfig = field(default_factory=EvaluationConfig)
     closure: Closure | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def summary_lines(self) -> list[str]:
         """A short human-readable table of the main metrics, one line each."""
+        rows = self.summary_rows()
+        width = max(len(name) for name, _ in rows)
+        lines = [f"{name:<{width}}  {value}" for name, value in rows]
+        if self.closure is not None:
+            lines.append(self.closure.message)
+        return lines
+
+    def summary_markdown(self, title: str = "") -> str:
+        """The summary as a markdown table (values rounded for reading; the metrics keep full
+        precision), headed by ``title`` and followed by the closure verdict."""
+        lines = [f"### {title}", ""] if title else []
+        lines += ["| quantity | value |", "| --- | --- |"]
+        lines += [f"| {name} | {value} |" for name, value in self.summary_rows()]
+        if self.closure is not None:
+            lines += ["", f"**{self.closure.message}**" if self.closure.status == "fail" else self.closure.message]
+        return "\n".join(lines) + "\n"
+
+    def summary_csv(self) -> str:
+        """The summary rows as CSV (``quantity,value``; the closure verdict as its last row)."""
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["quantity", "value"])
+        writer.writerows(self.summary_rows())
+        if self.closure is not None:
+            writer.writerow(["closure", self.closure.message])
+        return buffer.getvalue()
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(quantity, rounded value) rows of the summary: classifier metrics, selections, the
+        statistics' rows and the closure rows."""
         get = self.metrics.get
         nan = float("nan")
         rows: list[tuple[str, str]] = [("AUC", _fmt(get("auc", nan)))]
@@ -283,11 +338,7 @@ class Evaluation:
             rows.append((f"{row['statistic']} @ {eff}", values))
         if self.closure is not None:
             rows += self._closure_rows()
-        width = max(len(name) for name, _ in rows)
-        lines = [f"{name:<{width}}  {value}" for name, value in rows]
-        if self.closure is not None:
-            lines.append(self.closure.message)
-        return lines
+        return rows
 
     def _closure_rows(self) -> list[tuple[str, str]]:
         """Compact closure rows: the largest closure significance of each statistic, the JSD limits."""
@@ -371,6 +422,7 @@ def evaluate(
     Raises:
         ValueError: scores and events differ in length, or a statistic returns a key that exists.
     """
+    t_start = time.perf_counter()
     config = config if config is not None else EvaluationConfig()
     _check_scores(test, test_scores, "test")
     _check_scores(signal, signal_scores, "signal")
@@ -426,9 +478,10 @@ def evaluate(
     curves = {"eps_s": roc.eps_s, "eps_b": roc.eps_b, "thresholds": roc.thresholds, "sic": sic}
 
     figures: dict[str, Figure] = {}
-    if config.plots:
+    if config.plots != "none":
         figures["roc.png"] = plot_roc(roc)
         figures["sic.png"] = plot_sic(roc, config.min_background)
+    if config.plots == "full":
         figures["mjj_selections.png"] = plot_mjj_selections(
             mjj, labels, test_scores.event, config.efficiencies, config.mjj_bins, config.mjj_range
         )
@@ -440,10 +493,15 @@ def evaluate(
                 logger.warning("jet_scores.png skipped: no test background and no held-out signal")
 
     evaluation = Evaluation(metrics=metrics, figures=figures, curves=curves, table=table, config=config)
+    evaluation.seconds["metrics"] = time.perf_counter() - t_start
+    t_statistics = time.perf_counter()
     for statistic in statistics:
         _merge(evaluation, statistic.name, statistic(test, test_scores))
+    evaluation.seconds["statistics"] = time.perf_counter() - t_statistics
     if closure is not None:
+        t_closure = time.perf_counter()
         evaluation.closure = _closure(evaluation, test, test_scores, statistics, closure)
+        evaluation.seconds["closure"] = time.perf_counter() - t_closure
     return evaluation
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lhcad.data.events import Events
-from lhcad.evaluate.run_evaluation import StatisticResult
+from lhcad.evaluate.run_evaluation import StatisticResult, plot_level
 from lhcad.evaluate.selection import select_at_efficiency
 from lhcad.scores import Scores
 from lhcad.stats.abcd import abcd_estimate, abcd_validation, jet_cuts_at_efficiency
@@ -95,15 +95,20 @@ def _fmt_text(**values: float) -> str:
 
 @dataclass
 class _BumpHunt:
-    """Shared settings of the bump hunts: binning, efficiencies, plots."""
+    """Shared settings of the bump hunts: binning, efficiencies, plots (``plots``: a
+    :func:`lhcad.evaluate.plot_level` value; one figure ``<name>.png`` with a panel per selection at
+    ``full``, and at ``minimal`` for the bump hunt whose ``minimal_plot`` is set)."""
 
     fit_range: Sequence[float] = DEFAULT_FIT_RANGE
     bins: int = DEFAULT_BINS
     efficiencies: Sequence[float] = DEFAULT_EFFICIENCIES
-    plots: bool = True
+    plots: bool | str = True
     edges: np.ndarray = field(init=False, repr=False)
+    minimal_plot = False
 
     def __post_init__(self) -> None:
+        level = plot_level(self.plots)
+        self.plots = level == "full" or (level == "minimal" and self.minimal_plot)
         self.efficiencies = _check_efficiencies(self.efficiencies)
         self.fit_range = tuple(float(v) for v in self.fit_range)
         self.edges = _edges(self.fit_range, self.bins)
@@ -116,6 +121,7 @@ class _BumpHunt:
         labels = _labels(test)
         result = StatisticResult()
         note = _closure_note(reference)
+        panels: list[tuple[str, BinnedFit, str]] = []
         for key, e, sel in _selections(scores, self.efficiencies, with_none=True, reference=reference):
             metrics, fit, text = self._evaluate(mjj[sel], labels[sel])
             if not fit.valid:
@@ -124,11 +130,12 @@ class _BumpHunt:
                 logger.warning("%s @ %s%s: %s; uncertainties are NaN", self.name, key, note, fit.message)
             result.metrics |= {f"{name}/{key}": value for name, value in metrics.items()}
             result.table.append({"efficiency": key if key == "none" else e, **metrics})
-            if self.plots and reference is None:
-                result.figures[f"{self.name}/{key}.png"] = self._plot(fit, key, text)
+            panels.append((key, fit, text))
+        if self.plots and reference is None:
+            result.figures[f"{self.name}.png"] = self._plot(panels)
         return result
 
-    def _plot(self, fit: BinnedFit, key: str, text: str) -> Figure:
+    def _plot(self, panels: Sequence[tuple[str, BinnedFit, str]]) -> Figure:
         raise NotImplementedError
 
     def _evaluate(self, mjj: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float], BinnedFit, str]:
@@ -151,6 +158,7 @@ class DijetBumpHunt(_BumpHunt):
     signal_region: Sequence[float] = (3300.0, 3700.0)
     n_params: int = 4
     name: str = "bumphunt"
+    minimal_plot = True  # the one bump-hunt figure of plots=minimal
     sr_bins: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -185,10 +193,10 @@ class DijetBumpHunt(_BumpHunt):
         }
         return metrics, fit, _fmt_text(Z=z, n_SR=n_obs, b_SR=b, sigma_b=sigma_b)
 
-    def _plot(self, fit: BinnedFit, key: str, text: str) -> Figure:
-        from lhcad.stats.plots import plot_bump_fit
+    def _plot(self, panels: Sequence[tuple[str, BinnedFit, str]]) -> Figure:
+        from lhcad.stats.plots import plot_bump_fits
 
-        return plot_bump_fit(fit, f"dijet fit, {key}", self.signal_region, text)
+        return plot_bump_fits(panels, "dijet-function fit, signal region masked", self.signal_region)
 
 
 @dataclass
@@ -241,10 +249,10 @@ class CubicGaussianBumpHunt(_BumpHunt):
         b_only = _best(b_only, fit_cubic_gaussian(*args, signal=False, start=s_plus_b.params))
         return b_only, s_plus_b
 
-    def _plot(self, fit: BinnedFit, key: str, text: str) -> Figure:
-        from lhcad.stats.plots import plot_bump_fit
+    def _plot(self, panels: Sequence[tuple[str, BinnedFit, str]]) -> Figure:
+        from lhcad.stats.plots import plot_bump_fits
 
-        return plot_bump_fit(fit, f"cubic + Gaussian, {key}", None, text)
+        return plot_bump_fits(panels, f"cubic + Gaussian at {self.mass:g} GeV")
 
 
 def _best(a: BinnedFit, b: BinnedFit) -> BinnedFit:
