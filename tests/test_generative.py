@@ -173,7 +173,7 @@ def test_the_fixture_features_are_the_default_inputs():
 
 
 def test_tnt_takes_the_generative_taggers_as_initial():
-    tnt = build_method("tnt", FEATURES, {"initial": "oe_vae", "initial_overrides": {"form": "kl"}})
+    tnt = build_method("tnt", FEATURES, {"initial": {"form": "kl"}}, hydra_overrides=["method@method.initial=oe_vae"])
     assert tnt.samples == ("outliers",) and tnt.initial.form == "kl"
 
 
@@ -322,7 +322,7 @@ def test_train_py_logs_standard_and_method_metrics(method, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("initial", ["vae", "oe_vae"])
 def test_train_py_tnt_with_generative_initial_tagger(initial, tmp_path):
-    run_train(tmp_path, *FAST, "method=tnt", f"method.initial={initial}", "+method.initial_overrides.train.epochs=2",
+    run_train(tmp_path, *FAST, "method=tnt", f"method@method.initial={initial}", "method.initial.train.epochs=2",
               "method.train.epochs=2")
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FINISHED" and "auc" in run.data.metrics

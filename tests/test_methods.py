@@ -132,7 +132,7 @@ def test_crossfitted_tnt_never_trains_on_the_fold_it_scores(fixture_data, monkey
 
     monkeypatch.setattr(tnt_module, "train_classifier", recording)
     method = build_method("tnt", features, {"folds": 3, "iterations": 1, "train": {"epochs": 2},
-                                            "initial_overrides": {"train": {"epochs": 2}}})
+                                            "initial": {"train": {"epochs": 2}}})
     method.fit(parts, FitContext(seed=2))
     folds = tnt_module.crossfit_folds(len(parts["train"]), 3, seed=2)
     assert len(seen) == 6  # 2 jets x 3 folds, jet 1 first
@@ -157,3 +157,102 @@ def test_tnt_parts_follow_folds_and_iterations():
         build_method("tnt", features, {"folds": 1})
     with pytest.raises(ValueError, match="parts must be"):
         build_method("tnt", features, {"parts": {"initial": 1.0, "iter1": 1.0}})
+
+
+# ---------------------------------------------------------------------------------------------- defaults in one place
+
+
+def _settings(obj, depth: int = 0):
+    """Comparable view of a built method's settings (attributes, nested objects by their attributes)."""
+    import dataclasses
+    from collections.abc import Mapping
+
+    if isinstance(obj, (int, float, str, bool, type(None))):
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: _settings(v, depth) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_settings(v, depth) for v in obj]
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "__dict__") and depth < 3:
+        return {"class": type(obj).__name__} | {k: _settings(v, depth + 1) for k, v in vars(obj).items()}
+    return repr(obj)
+
+
+def _method_classes():
+    from hydra.utils import get_class
+
+    from lhcad.methods.registry import available_methods
+
+    return {name: get_class(str(method_config(name)._target_)) for name in available_methods()}
+
+
+def test_method_constructors_hold_no_defaults_of_their_own():
+    """Every keyword of a method's constructor (and of its bases in lhcad.methods) defaults to
+    FROM_CONFIG, the value in its conf/method/<name>.yaml: Python carries the types only."""
+    import inspect
+
+    from lhcad.methods.registry import FROM_CONFIG
+
+    for name, cls in _method_classes().items():
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None or not klass.__module__.startswith("lhcad.methods"):
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.default is not inspect.Parameter.empty:
+                    assert p.default is FROM_CONFIG, f"{klass.__name__}({p.name}={p.default!r}) for method {name}"
+
+
+@pytest.mark.parametrize("name", ["ae", "vae", "disco_vae", "oe_vae", "adv_ae", "supervised", "tnt", "cwola",
+                                  "sa_cwola", "salad", "cwola_ideal"])
+def test_a_method_built_in_python_has_its_config_settings(name):
+    """``Class(inputs)`` without settings equals the method built from conf/method/<name>.yaml."""
+    features = JetFeatures(["m_over_pt", "tau21"])
+    cls = _method_classes()[name]
+    assert cls.name == name  # the constructor's defaults come from the config of this name
+    assert _settings(cls(features)) == _settings(build_method(name, features))
+
+
+def test_settings_given_in_python_are_merged_over_the_config():
+    from lhcad.methods.ae import AutoEncoder
+    from lhcad.methods.registry import training_config
+    from lhcad.methods.salad import SALAD
+    from lhcad.methods.sideband import CWoLa
+
+    features = JetFeatures(["m"])
+    assert AutoEncoder(features, train={"epochs": 3}).train == training_config("tnt", epochs=3)
+    assert CWoLa(features, train={"epochs": 3}).train == training_config("paper003", epochs=3)
+    small = {"hidden": [8], "dropout": 0.0}
+    salad = SALAD(features, classifier=small, reweighter={"max_weight": 1.5})
+    assert salad.reweighter.classifier == small  # conf/reweighter: classifier ${..classifier}
+    assert salad.reweighter.max_log_weight == pytest.approx(np.log(1.5))
+    assert salad.reweighter.long_windows.sideband_low[0] == 3100.0 - 300.0  # long_sideband_extension
+    assert salad.reweighter.train == salad.train  # reweighter train null: the method's
+
+
+def test_tnt_initial_tagger_is_a_composed_config_built_on_the_same_inputs():
+    from hydra import compose, initialize_config_dir
+
+    from lhcad.config import build, register_resolvers
+    from lhcad.methods.vae import OutlierExposureVAE, VariationalAutoEncoder
+    from lhcad.paths import CONF_DIR
+
+    register_resolvers()
+    with initialize_config_dir(CONF_DIR):
+        cfg = compose("config", overrides=["method=tnt", "method@method.initial=vae", "method.initial.dense.latent=2"])
+    inputs = build(cfg.inputs)
+    tnt = build(cfg.method, inputs=inputs)  # as the pipeline builds it
+    assert type(tnt.initial) is VariationalAutoEncoder and tnt.initial.dense["latent"] == 2
+    assert tnt.initial.inputs is inputs and tnt.inputs is inputs
+    # from Python: choices as Hydra overrides, settings merged into method.initial
+    features = JetFeatures(["tau21"])
+    tnt = build_method("tnt", features, {"initial": {"form": "kl"}}, hydra_overrides=["method@method.initial=oe_vae"])
+    assert type(tnt.initial) is OutlierExposureVAE and tnt.initial.form == "kl" and tnt.initial.inputs is features
+    assert tnt.samples == ("outliers",)
+    from lhcad.methods.tnt import TagNTrain
+
+    assert TagNTrain(features, initial={"dense": {"latent": 2}}).initial.dense == {"hidden": [32, 16], "latent": 2}
+    with pytest.raises(ValueError, match=r"method@method\.initial=vae"):
+        TagNTrain(features, initial="vae")  # what `method.initial=vae` on the command line passes

@@ -9,12 +9,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from lhcad.methods.registry import training_config  # conf/training/tnt.yaml with changes
 from lhcad.models import (
+    TrainConfig,
     MLP,
     TNTCNN,
     ConvAutoencoder,
     DenseAutoencoder,
-    TrainConfig,
     bce_loss,
     mean_loss,
     fit,
@@ -102,7 +103,7 @@ def test_mlp_learns_weighted_bce():
     x_test, y_test = _blobs(2000, rng)
     with seeded(0):
         model = MLP(6)
-    history = fit(model, bce_loss, (x, y, w), config=TrainConfig(epochs=15, batch_size=100), seed=0)
+    history = fit(model, bce_loss, (x, y, w), config=training_config(epochs=15, batch_size=100), seed=0)
     assert history.n_train == 2700 and history.n_val == 300
     assert history.train_loss[-1] < history.train_loss[0]
     auc = roc_auc_score(y_test.numpy(), predict(model, x_test))
@@ -116,7 +117,7 @@ def test_dense_autoencoder_flags_outliers():
     outliers = 4.0 * rng.normal(size=(500, 6))
     with seeded(0):
         model = DenseAutoencoder(6)
-    config = TrainConfig(epochs=20, batch_size=100, lr=3e-3)
+    config = training_config(epochs=20, batch_size=100, lr=3e-3)
     fit(model, reconstruction_loss, torch.tensor(x, dtype=torch.float32), config=config, seed=0)
     err_in = predict(model, x[:500], fn=reconstruction_error)  # numpy float64 in: cast to float32
     err_out = predict(model, outliers, fn=reconstruction_error)
@@ -132,7 +133,7 @@ def test_early_stopping_restores_best_weights():
     val = _noise_problem(400, seed=1)
     with seeded(0):
         model = MLP(6, hidden=(64, 64), dropout=0.0)
-    config = TrainConfig(epochs=300, batch_size=10, lr=1e-2, lr_decay=0.0, patience=1)
+    config = training_config(epochs=300, batch_size=10, lr=1e-2, lr_decay=0.0, patience=1)
     history = fit(model, bce_loss, (x, y), config=config, seed=0, val_inputs=val)
     assert history.stopped_early
     assert len(history.val_loss) < config.epochs
@@ -147,7 +148,7 @@ def test_no_validation_rows_trains_all_epochs(caplog):
     with seeded(0):
         model = MLP(6)
     with caplog.at_level(logging.INFO, logger="lhcad.models.training"):
-        history = fit(model, bce_loss, (x, y), config=TrainConfig(epochs=3, patience=1), seed=0)
+        history = fit(model, bce_loss, (x, y), config=training_config(epochs=3, patience=1), seed=0)
     assert (history.n_train, history.n_val) == (5, 0)
     assert len(history.train_loss) == 3 and history.val_loss == []
     assert not history.stopped_early
@@ -161,7 +162,7 @@ def _train_mlp(init_seed: int, fit_seed: int) -> dict[str, torch.Tensor]:
     x, y = _noise_problem(200, seed=3)
     with seeded(init_seed):
         model = MLP(6)
-    fit(model, bce_loss, (x, y), config=TrainConfig(epochs=3, batch_size=32), seed=fit_seed)
+    fit(model, bce_loss, (x, y), config=training_config(epochs=3, batch_size=32), seed=fit_seed)
     return model.state_dict()
 
 
@@ -189,7 +190,7 @@ def test_nan_inputs_raise():
     x, y = _noise_problem(50, seed=0)
     x[3, 2] = float("nan")
     with pytest.raises(FloatingPointError, match="NaN"):
-        fit(MLP(6), bce_loss, (x, y), config=TrainConfig(epochs=1), seed=0)
+        fit(MLP(6), bce_loss, (x, y), config=training_config(epochs=1), seed=0)
 
 
 def test_diverging_loss_raises():
@@ -199,19 +200,37 @@ def test_diverging_loss_raises():
         return bce_loss(model, batch) * float("inf")
 
     with pytest.raises(FloatingPointError, match=r"epoch 1: lower the learning rate"):
-        fit(MLP(6), exploding, (x, y), config=TrainConfig(epochs=2), seed=0)
+        fit(MLP(6), exploding, (x, y), config=training_config(epochs=2), seed=0)
 
 
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError, match="different lengths"):
-        fit(MLP(6), bce_loss, (torch.randn(10, 6), torch.zeros(9)), config=TrainConfig(epochs=1), seed=0)
+        fit(MLP(6), bce_loss, (torch.randn(10, 6), torch.zeros(9)), config=training_config(epochs=1), seed=0)
 
 
 # ----------------------------------------------------------------------------------- lr and device
 
 
+def test_train_config_carries_types_and_conf_training_the_values():
+    """No second copy of the defaults: every setting of conf/training/*.yaml is a required field."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from lhcad.paths import CONF_DIR
+
+    required = {f.name for f in dataclasses.fields(TrainConfig) if f.default is dataclasses.MISSING}
+    for option in ("tnt", "paper003"):
+        assert set(OmegaConf.load(f"{CONF_DIR}/training/{option}.yaml")) == required, option
+    with pytest.raises(TypeError):
+        TrainConfig()  # type: ignore[call-arg]
+    assert training_config("paper003", epochs=2) == TrainConfig(
+        epochs=2, batch_size=200, lr=1e-3, betas=(0.9, 0.999), lr_decay=0.0, patience=5, val_fraction=0.1
+    )
+
+
 def test_keras_lr_decay():
-    config = TrainConfig(lr=1e-3, lr_decay=5e-4)
+    config = training_config(lr=1e-3, lr_decay=5e-4)
     optimizer, scheduler = make_optimizer(MLP(6), config)
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.99)
     for _ in range(40):
@@ -222,7 +241,7 @@ def test_keras_lr_decay():
 
 def test_fit_applies_decay_per_step():
     x, y = _noise_problem(100, seed=0)
-    config = TrainConfig(epochs=3, batch_size=10, lr=1e-3, lr_decay=0.01, val_fraction=0.0)
+    config = training_config(epochs=3, batch_size=10, lr=1e-3, lr_decay=0.01, val_fraction=0.0)
     history = fit(MLP(6), bce_loss, (x, y), config=config, seed=0)
     assert history.lr[-1] == pytest.approx(1e-3 / (1 + 0.01 * 30), rel=1e-12)  # 10 steps per epoch
 

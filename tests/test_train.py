@@ -141,7 +141,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 @pytest.mark.slow
 def test_optuna_sweep_three_trials_and_the_study_resumes(tmp_path):
     args = ("-m", *FAST, "hparams_search=tnt_optuna", "hydra.sweeper.n_trials=3", "signal_frac=0.09",
-            "+method.initial_overrides.train.epochs=4", "method.train.epochs=4")
+            "method.initial.train.epochs=4", "method.train.epochs=4")
     run_train(tmp_path, *args)
     import optuna
 

@@ -106,6 +106,20 @@ def prepare_dataset(data: Mapping[str, Any], samples: tuple[str, ...], *, images
     return root
 
 
+_LOADED: dict[tuple[str, tuple[str, ...], str], dict[str, Events]] = {}
+
+
+def _load_cached(root: Path, samples: tuple[str, ...]) -> dict[str, Events]:
+    """The samples of ``root``, read and verified once per process while their shard checksums
+    stay the same (the jobs of a multirun that a launcher runs in one worker share them); only
+    the last dataset is kept."""
+    key = (str(root.resolve()), tuple(samples), dataset_checksum(root, samples))
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_dataset(root, samples)
+    return dict(_LOADED[key])
+
+
 def dataset_checksum(root: Path, samples: tuple[str, ...]) -> str:
     """Short sha256 over the shard checksums of the samples used (identifies the exact events)."""
     manifest = load_manifest(root)
@@ -418,7 +432,7 @@ def prepare(cfg: DictConfig, run_name: str | None = None) -> PreparedRun:
         inputs = build(cfg.inputs)
         method = build(cfg.method, inputs=inputs)
     _check_columns(root, samples, inputs, str(cfg.data.get("name")))
-    data = apply_transforms(load_dataset(root, samples), cfg.get("transform"), inputs.jet_order)
+    data = apply_transforms(_load_cached(root, samples), cfg.get("transform"), inputs.jet_order)
     data, counts = _drop_nonfinite_mjj(data)
     _check_finite_inputs(data, inputs)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, TypeVar
 
 import numpy as np
@@ -41,19 +41,23 @@ __all__ = [
 ]
 
 
-def settings_from_mapping(cls: type[T], cfg: Mapping[str, Any] | None, what: str) -> T:
-    """Dataclass ``cls`` from a config mapping; unknown keys are an error naming the known ones."""
-    cfg = dict(cfg or {})
+def settings_from_mapping(cls: type[T], cfg: Mapping[str, Any], what: str) -> T:
+    """Dataclass ``cls`` from a config mapping; unknown or missing keys are an error naming them."""
+    cfg = dict(cfg)
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}  # type: ignore[arg-type]
+    missing = sorted(required - set(cfg))
+    if missing:
+        raise ValueError(f"missing {what} setting(s) {missing} (their values live in conf/)")
     return cls(**cfg)
 
 
-def train_config(cfg: Mapping[str, Any] | None) -> TrainConfig:
-    """A :class:`TrainConfig` from a config mapping (unknown keys are an error)."""
-    cfg = dict(cfg or {})
+def train_config(cfg: Mapping[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a config mapping (unknown or missing keys are an error)."""
+    cfg = dict(cfg)
     if "betas" in cfg:
         cfg["betas"] = tuple(float(b) for b in cfg["betas"])
     return settings_from_mapping(TrainConfig, cfg, "training")

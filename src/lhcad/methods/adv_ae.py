@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from lhcad.data.events import Events
-from lhcad.data.transforms import DEFAULT_JES_SHIFT, NUISANCE_COLUMN, jes_variations
+from lhcad.data.transforms import NUISANCE_COLUMN, jes_variations
 from lhcad.evaluate.jet_mass import jet_mass_metrics, nuisance_aucs
 from lhcad.inputs import InputRepresentation, Scaler
 from lhcad.methods._nets import JetTagger, build_autoencoder, settings_from_mapping
 from lhcad.methods.base import FitContext, Scores
 from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
+from lhcad.methods.registry import FROM_CONFIG, configured
 from lhcad.models.adversarial import AdversarialConfig, Adversary, train_adversarial
 from lhcad.models.training import seeded
 
@@ -38,7 +39,7 @@ __all__ = ["AdversarialAutoEncoder", "adversarial_config"]
 TARGETS = ("jes", "mass_bins")
 
 
-def adversarial_config(cfg: Mapping[str, Any] | None) -> AdversarialConfig:
+def adversarial_config(cfg: Mapping[str, Any]) -> AdversarialConfig:
     """An :class:`AdversarialConfig` from a mapping (unknown keys are an error)."""
     return settings_from_mapping(AdversarialConfig, cfg, "adversarial training")
 
@@ -57,26 +58,29 @@ class AdversarialAutoEncoder(PerJetMethod):
     def __init__(
         self,
         inputs: InputRepresentation,
-        parts: Mapping[str, float] | None = None,
-        dense: Mapping[str, Any] | None = None,
-        conv: Mapping[str, Any] | None = None,
-        target: str = "jes",
-        jes_shift: float = DEFAULT_JES_SHIFT,
-        mass_bins: int = 3,
-        adversary: Mapping[str, Any] | None = None,
-        schedule: Mapping[str, Any] | None = None,
+        *,
+        target: str = FROM_CONFIG,
+        jes_shift: float = FROM_CONFIG,
+        mass_bins: int = FROM_CONFIG,
+        adversary: Mapping[str, Any] = FROM_CONFIG,
+        schedule: Mapping[str, Any] = FROM_CONFIG,
+        **nets: Any,
     ) -> None:
-        if target not in TARGETS:
-            raise ValueError(f"adv_ae target must be one of {TARGETS}, got {target!r}")
-        self.inputs = inputs
-        self.parts = dict(parts or {"train": 1.0})
-        self.dense = dict(dense or {"hidden": [32, 16], "latent": 1})
-        self.conv = dict(conv or {"latent": 16})
-        self.target = target
-        self.jes_shift = float(jes_shift)
-        self.mass_bins = int(mass_bins)
-        self.adversary = dict(adversary or {"hidden": [20, 20]})
-        self.schedule = adversarial_config(schedule)
+        """``target``: the nuisance (:data:`TARGETS`); ``jes_shift``, ``mass_bins``: its classes;
+        ``adversary``: its network; ``schedule``: the alternating training
+        (:class:`~lhcad.models.adversarial.AdversarialConfig`); ``nets``: those of
+        :class:`~lhcad.methods.per_jet.PerJetMethod`. A setting not given is conf/method/adv_ae.yaml's."""
+        settings = configured(
+            self.name, target=target, jes_shift=jes_shift, mass_bins=mass_bins, adversary=adversary, schedule=schedule
+        )
+        if settings["target"] not in TARGETS:
+            raise ValueError(f"adv_ae target must be one of {TARGETS}, got {settings['target']!r}")
+        super().__init__(inputs, **nets)
+        self.target = str(settings["target"])
+        self.jes_shift = float(settings["jes_shift"])
+        self.mass_bins = int(settings["mass_bins"])
+        self.adversary = dict(settings["adversary"])
+        self.schedule = adversarial_config(settings["schedule"])
 
     def _training_set(self, events: Events, seed: int) -> tuple[Events, dict[int, np.ndarray]]:
         """The events the autoencoders see and each jet's adversary classes."""

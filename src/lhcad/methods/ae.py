@@ -15,29 +15,24 @@ from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import train_autoencoder, train_config
 from lhcad.methods.base import FitContext
 from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
+from lhcad.methods.registry import FROM_CONFIG, configured
 from lhcad.scores import Scores
 
 __all__ = ["AutoEncoder"]
 
 
 class AutoEncoder(PerJetMethod):
-    """Per-jet autoencoders (unsupervised): jet score = reconstruction MSE, event score from both jets."""
+    """Per-jet autoencoders (unsupervised): jet score = reconstruction MSE, event score from both jets.
+
+    Args: ``train`` (training settings), and those of :class:`~lhcad.methods.per_jet.PerJetMethod`
+    (``parts``, ``dense``, ``conv``); a setting not given is the one in conf/method/ae.yaml.
+    """
 
     name = "ae"
 
-    def __init__(
-        self,
-        inputs: InputRepresentation,
-        parts: Mapping[str, float] | None = None,
-        dense: Mapping[str, Any] | None = None,
-        conv: Mapping[str, Any] | None = None,
-        train: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.inputs = inputs
-        self.parts = dict(parts or {"train": 1.0})
-        self.dense = dict(dense or {"hidden": [32, 16], "latent": 1})
-        self.conv = dict(conv or {"latent": 16})
-        self.train = train_config(train)
+    def __init__(self, inputs: InputRepresentation, *, train: Mapping[str, Any] = FROM_CONFIG, **nets: Any) -> None:
+        super().__init__(inputs, **nets)
+        self.train = train_config(configured(self.name, train=train)["train"])
 
     def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None:
         check_parts(splits, ["train"], "ae")

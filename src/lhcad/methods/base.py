@@ -88,8 +88,11 @@ class Method(ABC):
     Adding a method = one module + one yaml + its tests:
         1. ``src/lhcad/methods/<name>.py``: a subclass of :class:`Method` (or of ``PerJetMethod`` /
            ``SidebandMethod``) taking ``inputs`` first, setting ``name`` and ``parts``, with ``fit``
-           and ``score`` and whichever optional members it needs.
-        2. ``conf/method/<name>.yaml``: ``_target_`` to the class and its settings (see ae.yaml).
+           and ``score`` and whichever optional members it needs. Its settings are typed keywords
+           defaulting to ``FROM_CONFIG``, filled in by ``configured(self.name, ...)``
+           (:mod:`lhcad.methods.registry`): the YAML holds the defaults, Python the types.
+        2. ``conf/method/<name>.yaml``: ``_target_`` to the class and every setting's default (see
+           ae.yaml); shared blocks through its defaults list (``/training@train: tnt``).
         3. ``tests/``: its behaviour; tests/test_method_contract.py checks the contract of every
            ``conf/method/*.yaml`` without further edits. The pipeline needs no change.
     """

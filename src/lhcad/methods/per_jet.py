@@ -11,6 +11,7 @@ from lhcad.data.events import Events
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import JetTagger
 from lhcad.methods.base import Method
+from lhcad.methods.registry import FROM_CONFIG, configured
 from lhcad.scores import EmpiricalCDF, Scores, combine_jet_scores
 
 __all__ = ["JetTaggerPair", "PerJetMethod", "check_parts"]
@@ -58,14 +59,36 @@ def check_parts(parts: Mapping[str, Events], needed: list[str], method: str) -> 
 
 
 class PerJetMethod(Method):
-    """What every per-jet method shares once ``fit`` has set ``self.pair``: scores, loss, weights.
+    """What every per-jet method shares once ``fit`` has set ``self.pair``: scores, loss, weights;
+    and the settings of its per-jet networks.
 
-    Subclasses set ``name`` and ``parts`` and implement ``fit`` (which must end with ``self.pair``
-    calibrated).
+    Args:
+        inputs: the run's input representation.
+        parts: the training parts (``{"train": 1.0}``).
+        dense: network settings for per-jet feature vectors (``hidden``, ``latent``).
+        conv: network settings for jet images (``latent``).
+
+    A setting not given is the one in ``conf/method/<name>.yaml``
+    (:data:`~lhcad.methods.registry.FROM_CONFIG`). Subclasses set ``name``, take their own settings
+    as keywords, pass the rest on to this constructor, and implement ``fit`` (which must end with
+    ``self.pair`` calibrated).
     """
 
     name: str = "per-jet method"
     pair: JetTaggerPair | None = None
+
+    def __init__(
+        self,
+        inputs: InputRepresentation,
+        parts: Mapping[str, float] = FROM_CONFIG,
+        dense: Mapping[str, Any] = FROM_CONFIG,
+        conv: Mapping[str, Any] = FROM_CONFIG,
+    ) -> None:
+        settings = configured(self.name, parts=parts, dense=dense, conv=conv)
+        self.inputs = inputs
+        self.parts = dict(settings["parts"])
+        self.dense = dict(settings["dense"])
+        self.conv = dict(settings["conv"])
 
     def score(self, events: Events) -> Scores:
         return self._fitted().score(events)

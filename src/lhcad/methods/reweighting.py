@@ -44,6 +44,8 @@ def weighted_auc(
 class SidebandReweighter:
     """``g(x, m_jj)``: data against simulation in the long sidebands, and its clipped odds as weights.
 
+    Built from a method's ``reweighter`` settings (conf/reweighter/default.yaml) by :meth:`from_settings`.
+
     Args:
         features: :class:`~lhcad.inputs.DijetFeatures` names of ``x`` (m_jj is added as the parameter).
         windows: the CWoLa windows (:class:`~lhcad.windows.MassWindows`).
@@ -57,17 +59,18 @@ class SidebandReweighter:
         self,
         features: Sequence[str],
         windows: MassWindows,
-        long_sideband_extension: float = 300.0,
-        max_weight: float = 20.0,
-        classifier: Mapping[str, Any] | None = None,
-        train: Mapping[str, Any] | TrainConfig | None = None,
+        *,
+        long_sideband_extension: float,
+        max_weight: float,
+        classifier: Mapping[str, Any],
+        train: Mapping[str, Any] | TrainConfig,
     ) -> None:
         if not float(max_weight) > 1.0:
             raise ValueError(f"the reweighter's max_weight must be > 1, got {max_weight!r}")
         self.long_windows = windows.widened(long_sideband_extension)
         self.inputs = DijetFeatures([*features, "mjj"])
         self.max_log_weight = float(np.log(float(max_weight)))
-        self.classifier = dict(classifier or {"hidden": [64, 64, 64], "dropout": 0.0})
+        self.classifier = dict(classifier)
         self.train = train if isinstance(train, TrainConfig) else train_config(train)
         self.tagger: JetTagger | None = None
 
@@ -80,8 +83,8 @@ class SidebandReweighter:
         classifier: Mapping[str, Any],
         train: TrainConfig,
     ) -> SidebandReweighter:
-        """From a method's ``reweighter`` settings; a missing or null ``classifier`` / ``train``
-        means the method's own classifier settings."""
+        """From a method's ``reweighter`` settings (``long_sideband_extension``, ``max_weight``); a
+        missing or null ``classifier`` / ``train`` means the method's own."""
         given = {k: v for k, v in dict(settings or {}).items() if v is not None}
         return cls(features, windows, **{"classifier": classifier, "train": train, **given})
 

@@ -30,7 +30,8 @@ import numpy as np
 from lhcad.data.events import Events
 from lhcad.inputs import InputRepresentation
 from lhcad.methods.base import FitContext
-from lhcad.methods.reweighting import SidebandReweighter, weighted_auc
+from lhcad.methods.registry import FROM_CONFIG, configured
+from lhcad.methods.reweighting import weighted_auc
 from lhcad.methods.sideband import SidebandMethod, TrainingSet
 from lhcad.scores import Scores
 from lhcad.windows import SR
@@ -54,15 +55,14 @@ class SALAD(SidebandMethod):
     def __init__(
         self,
         inputs: InputRepresentation,
-        reweighter: Mapping[str, Any] | None = None,
-        reweight: bool = True,
+        *,
+        reweighter: Mapping[str, Any] = FROM_CONFIG,
+        reweight: bool = FROM_CONFIG,
         **kwargs: Any,
     ) -> None:
         super().__init__(inputs, **kwargs)
-        self.reweighter = SidebandReweighter.from_settings(
-            self.features, self.windows, reweighter, self.classifier, self.train
-        )
-        self.reweight = bool(reweight)
+        self.reweighter = self.build_reweighter(reweighter)
+        self.reweight = bool(configured(self.name, reweight=reweight)["reweight"])
 
     def weights(self, sim: Events) -> np.ndarray:
         """Unnormalised DCTR weights ``g / (1 - g)`` of simulated events, clipped (1 without reweighting)."""

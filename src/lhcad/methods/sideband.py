@@ -37,6 +37,7 @@ from lhcad.inputs import DijetFeatures, InputRepresentation
 from lhcad.methods._nets import JetTagger, train_classifier, train_config
 from lhcad.methods.base import FitContext, Method
 from lhcad.methods.per_jet import check_parts
+from lhcad.methods.registry import FROM_CONFIG, configured
 from lhcad.methods.reweighting import SidebandReweighter
 from lhcad.scores import Scores
 from lhcad.windows import SB_HIGH, SB_LOW, SR, MassWindows, sideband_weights
@@ -52,10 +53,6 @@ __all__ = [
     "TrainingSet",
     "sideband_weights",
 ]
-
-PAPER_CLASSIFIER = {"hidden": [64, 64, 64], "dropout": 0.0}
-"""Paper 003's network: three hidden layers of 64 ReLU units, sigmoid output."""
-
 
 # ---------------------------------------------------------------------------------------------- base
 
@@ -102,6 +99,8 @@ class SidebandMethod(Method):
         sim_holdout: fraction of the ``sim`` sample kept out of any training, for the diagnostics.
         diagnose_on_sim: read the ``sim`` sample for ``sr_vs_sb_auc/sim`` even when the method
             does not train on it (cwola, cwola_ideal); false skips that metric.
+
+    A setting not given is the one in ``conf/method/<name>.yaml`` (the windows: conf/search).
     """
 
     name = "sideband"
@@ -110,15 +109,21 @@ class SidebandMethod(Method):
     def __init__(
         self,
         inputs: InputRepresentation,
-        features: Sequence[str] = DijetFeatures.DEFAULT,
-        signal_region: Sequence[float] = (3300.0, 3700.0),
-        sidebands: Sequence[Sequence[float]] = ((3100.0, 3300.0), (3700.0, 3900.0)),
-        parts: Mapping[str, float] | None = None,
-        classifier: Mapping[str, Any] | None = None,
-        train: Mapping[str, Any] | None = None,
-        sim_holdout: float = 0.3,
-        diagnose_on_sim: bool = True,
+        *,
+        features: Sequence[str] = FROM_CONFIG,
+        signal_region: Sequence[float] = FROM_CONFIG,
+        sidebands: Sequence[Sequence[float]] = FROM_CONFIG,
+        parts: Mapping[str, float] = FROM_CONFIG,
+        classifier: Mapping[str, Any] = FROM_CONFIG,
+        train: Mapping[str, Any] = FROM_CONFIG,
+        sim_holdout: float = FROM_CONFIG,
+        diagnose_on_sim: bool = FROM_CONFIG,
     ) -> None:
+        settings = configured(
+            self.name, features=features, signal_region=signal_region, sidebands=sidebands, parts=parts,
+            classifier=classifier, train=train, sim_holdout=sim_holdout, diagnose_on_sim=diagnose_on_sim,
+        )
+        features, sim_holdout = settings["features"], settings["sim_holdout"]
         features = list(features)
         if "mjj" in features:
             raise ValueError(
@@ -127,14 +132,14 @@ class SidebandMethod(Method):
             )
         self.features = features
         self.event_inputs = self._event_inputs(inputs, features)
-        self.windows = MassWindows.from_config(signal_region, sidebands)
-        self.parts = dict(parts or {"train": 1.0})
-        self.classifier = dict(classifier or PAPER_CLASSIFIER)
-        self.train = train_config(train)
+        self.windows = MassWindows.from_config(settings["signal_region"], settings["sidebands"])
+        self.parts = dict(settings["parts"])
+        self.classifier = dict(settings["classifier"])
+        self.train = train_config(settings["train"])
         if not 0.0 <= float(sim_holdout) < 1.0:
             raise ValueError(f"sim_holdout must be a fraction in [0, 1), got {sim_holdout!r}")
         self.sim_holdout = float(sim_holdout)
-        self.diagnose_on_sim = bool(diagnose_on_sim)
+        self.diagnose_on_sim = bool(settings["diagnose_on_sim"])
         self.samples: tuple[str, ...] = ("sim",) if (self.trains_on_sim or self.diagnose_on_sim) else ()
         self.tagger: JetTagger | None = None
         self.sim_eval: Events | None = None
@@ -144,6 +149,13 @@ class SidebandMethod(Method):
         if getattr(inputs, "kind", "") == "image" or isinstance(inputs, DijetFeatures):
             return inputs
         return DijetFeatures(features)
+
+    def build_reweighter(self, settings: Mapping[str, Any]) -> SidebandReweighter:
+        """SALAD's sideband reweighter on this method's features and windows; ``settings`` (the
+        method's ``reweighter``) completed from its config, classifier and training settings
+        defaulting to this method's."""
+        settings = configured(self.name, reweighter=settings, classifier=self.classifier)["reweighter"]
+        return SidebandReweighter.from_settings(self.features, self.windows, settings, self.classifier, self.train)
 
     # ------------------------------------------------------------------ to implement
     def training_set(self, data: Events, sim: Events | None, ctx: FitContext) -> TrainingSet:
@@ -261,21 +273,19 @@ class SACWoLa(CWoLa):
     def __init__(
         self,
         inputs: InputRepresentation,
-        lam: float = 0.5,
-        reweight_sim: bool = False,
-        reweighter: Mapping[str, Any] | None = None,
+        *,
+        lam: float = FROM_CONFIG,
+        reweight_sim: bool = FROM_CONFIG,
+        reweighter: Mapping[str, Any] = FROM_CONFIG,
         **kwargs: Any,
     ) -> None:
-        lam = float(lam)
+        settings = configured(self.name, lam=lam, reweight_sim=reweight_sim)
+        lam = float(settings["lam"])
         if not (np.isfinite(lam) and lam >= 0):
             raise ValueError(f"sa_cwola's lam (weight of the simulation term) must be >= 0, got {lam!r}")
         self.lam = lam
         super().__init__(inputs, **kwargs)
-        self.reweighter = None
-        if reweight_sim:
-            self.reweighter = SidebandReweighter.from_settings(
-                self.features, self.windows, reweighter, self.classifier, self.train
-            )
+        self.reweighter = self.build_reweighter(reweighter) if settings["reweight_sim"] else None
 
     def training_set(self, data: Events, sim: Events | None, ctx: FitContext) -> TrainingSet:
         data_ts = self.data_term(data)

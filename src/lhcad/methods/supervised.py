@@ -17,6 +17,7 @@ from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import JetTagger, train_classifier, train_config
 from lhcad.methods.base import FitContext, Method
 from lhcad.methods.per_jet import JetTaggerPair, check_parts
+from lhcad.methods.registry import FROM_CONFIG, configured
 from lhcad.scores import Scores
 
 __all__ = ["Supervised"]
@@ -32,18 +33,22 @@ class Supervised(Method):
     def __init__(
         self,
         inputs: InputRepresentation,
-        variant: str = "both",
-        parts: Mapping[str, float] | None = None,
-        classifier: Mapping[str, Any] | None = None,
-        train: Mapping[str, Any] | None = None,
+        *,
+        variant: str = FROM_CONFIG,
+        parts: Mapping[str, float] = FROM_CONFIG,
+        classifier: Mapping[str, Any] = FROM_CONFIG,
+        train: Mapping[str, Any] = FROM_CONFIG,
     ) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"supervised variant must be one of {VARIANTS}, got {variant!r}")
+        """``variant``: :data:`VARIANTS`; ``classifier``: network settings; ``train``: training
+        settings. A setting not given is the one in conf/method/supervised.yaml."""
+        settings = configured(self.name, variant=variant, parts=parts, classifier=classifier, train=train)
+        if settings["variant"] not in VARIANTS:
+            raise ValueError(f"supervised variant must be one of {VARIANTS}, got {settings['variant']!r}")
         self.inputs = inputs
-        self.variant = variant
-        self.parts = dict(parts or {"train": 1.0})
-        self.classifier = dict(classifier or {"hidden": [32, 32, 16, 8], "dropout": 0.2})
-        self.train = train_config(train)
+        self.variant = str(settings["variant"])
+        self.parts = dict(settings["parts"])
+        self.classifier = dict(settings["classifier"])
+        self.train = train_config(settings["train"])
         self.event_tagger: JetTagger | None = None
         self.pair: JetTaggerPair | None = None
 

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from lhcad.config import build
 from lhcad.data.events import Events
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import JetTagger, train_classifier, train_config
 from lhcad.methods.base import FitContext, Method
 from lhcad.methods.per_jet import JetTaggerPair, check_parts
-from lhcad.methods.registry import build_method
+from lhcad.methods.registry import FROM_CONFIG, configured
 from lhcad.scores import EmpiricalCDF, Scores
 
 __all__ = ["FoldEnsemble", "TagNTrain", "crossfit_folds", "tag_events"]
@@ -90,6 +91,20 @@ class FoldEnsemble:
         return {f"fold{f}": {**tagger.state(), "cdf": cdf.sorted} for f, (tagger, cdf) in enumerate(self.members)}
 
 
+def _initial_tagger(initial: Method | Mapping[str, Any], inputs: InputRepresentation) -> Method:
+    """TNT's initial tagger: a built per-jet method, or built here from its config node on ``inputs``."""
+    if isinstance(initial, Mapping):
+        initial = build({k: v for k, v in initial.items() if k != "inputs"}, inputs=inputs)
+    if not isinstance(initial, Method):
+        raise ValueError(
+            f"TNT's initial tagger must be a method, got {initial!r}; choose its config on the command line "
+            "with method@method.initial=<name> (e.g. method@method.initial=vae), not method.initial=<name>"
+        )
+    if not hasattr(initial, "jet_scores"):
+        raise ValueError(f"TNT's initial tagger must be a per-jet method, got {type(initial).__name__}")
+    return initial
+
+
 class TagNTrain(Method):
     """Tag N' Train: an initial per-jet tagger trained on the ``initial`` part, then ``iterations``
     iterations on the ``train`` part: cross-fitted over ``folds`` folds, or (``folds=None``, the
@@ -100,33 +115,40 @@ class TagNTrain(Method):
     def __init__(
         self,
         inputs: InputRepresentation,
-        initial: str | Method = "ae",
-        initial_overrides: Mapping[str, Any] | None = None,
-        parts: Mapping[str, float] | None = None,
-        signal_rich_first: float = 0.2,
-        signal_rich_later: float = 0.1,
-        background_rich: float = 0.4,
-        mjj_window: Sequence[float] | None = None,
-        classifier: Mapping[str, Any] | None = None,
-        train: Mapping[str, Any] | None = None,
-        folds: int | None = 5,
-        iterations: int = 1,
+        *,
+        initial: Method | Mapping[str, Any] = FROM_CONFIG,
+        parts: Mapping[str, float] = FROM_CONFIG,
+        signal_rich_first: float = FROM_CONFIG,
+        signal_rich_later: float = FROM_CONFIG,
+        background_rich: float = FROM_CONFIG,
+        mjj_window: Sequence[float] | None = FROM_CONFIG,
+        classifier: Mapping[str, Any] = FROM_CONFIG,
+        train: Mapping[str, Any] = FROM_CONFIG,
+        folds: int | None = FROM_CONFIG,
+        iterations: int = FROM_CONFIG,
     ) -> None:
-        self.inputs = inputs
-        self.initial: Method = (
-            build_method(initial, inputs, initial_overrides) if isinstance(initial, str) else initial
+        """``initial``: the initial per-jet tagger. In a config, a method config composed at
+        ``method.initial`` (``method@method.initial=vae`` picks another) that Hydra builds first,
+        on the same ``inputs``; in Python, a built method, or a mapping of settings merged over the
+        config's (``{"dense": {"latent": 2}}``) and built here on ``inputs``. A setting not given
+        is the one in conf/method/tnt.yaml."""
+        settings = configured(
+            self.name, initial=initial, parts=parts, signal_rich_first=signal_rich_first,
+            signal_rich_later=signal_rich_later, background_rich=background_rich, mjj_window=mjj_window,
+            classifier=classifier, train=train, folds=folds, iterations=iterations,
         )
-        if not hasattr(self.initial, "jet_scores"):
-            raise ValueError(f"TNT's initial tagger must be a per-jet method, got {type(self.initial).__name__}")
+        self.inputs = inputs
+        self.initial: Method = _initial_tagger(settings["initial"], inputs)
+        folds, iterations = settings["folds"], int(settings["iterations"])
         self.folds = int(folds) if folds else None
         if self.folds is not None and self.folds < 2:
             raise ValueError(f"TNT folds must be at least 2 (or null for a fresh part per iteration), got {folds}")
-        if int(iterations) < 1:
+        if iterations < 1:
             raise ValueError(f"TNT iterations must be at least 1, got {iterations}")
-        sizes = dict(parts or {"initial": 1.0, "train": 3.0})
+        sizes = dict(settings["parts"])
         if set(sizes) != {"initial", "train"} or min(float(v) for v in sizes.values()) <= 0:
             raise ValueError(f"TNT parts must be {{initial: <size>, train: <size>}} with positive sizes, got {sizes}")
-        self.iterations = [f"iter{i}" for i in range(1, int(iterations) + 1)]
+        self.iterations = [f"iter{i}" for i in range(1, iterations + 1)]
         # the pipeline's parts: cross-fitted, one `train` part; otherwise `train` cut into one fresh
         # part per iteration
         self.parts = (
@@ -134,12 +156,13 @@ class TagNTrain(Method):
             if self.folds is not None
             else {"initial": float(sizes["initial"])} | {it: float(sizes["train"]) / len(self.iterations) for it in self.iterations}
         )
-        self.signal_rich_first = float(signal_rich_first)
-        self.signal_rich_later = float(signal_rich_later)
-        self.background_rich = float(background_rich)
-        self.mjj_window = list(mjj_window) if mjj_window is not None else None
-        self.classifier = dict(classifier or {"hidden": [32, 32, 16, 8], "dropout": 0.2})
-        self.train = train_config(train)
+        self.signal_rich_first = float(settings["signal_rich_first"])
+        self.signal_rich_later = float(settings["signal_rich_later"])
+        self.background_rich = float(settings["background_rich"])
+        window = settings["mjj_window"]
+        self.mjj_window = list(window) if window is not None else None
+        self.classifier = dict(settings["classifier"])
+        self.train = train_config(settings["train"])
         self.stages: list[Any] = []  # stage 0: the initial method; then one JetTaggerPair per iteration
         self.samples: tuple[str, ...] = tuple(self.initial.samples)  # e.g. oe_vae's outliers
 

@@ -34,6 +34,7 @@ from lhcad.inputs import InputRepresentation, Scaler
 from lhcad.methods._nets import JetTagger, train_config
 from lhcad.methods.base import FitContext, Scores
 from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
+from lhcad.methods.registry import FROM_CONFIG, configured
 from lhcad.models.dcor import distance_correlation
 from lhcad.models.training import TrainConfig, fit, seeded
 from lhcad.models.vae import SCORES, VAE, cyclic_ramp, linear_ramp, score_from_terms, vae_terms
@@ -73,22 +74,22 @@ class VariationalAutoEncoder(PerJetMethod):
     def __init__(
         self,
         inputs: InputRepresentation,
-        parts: Mapping[str, float] | None = None,
-        dense: Mapping[str, Any] | None = None,
-        conv: Mapping[str, Any] | None = None,
-        beta: float = 0.1,
-        score: str = "nll",
-        train: Mapping[str, Any] | None = None,
+        *,
+        beta: float = FROM_CONFIG,
+        score: str = FROM_CONFIG,
+        train: Mapping[str, Any] = FROM_CONFIG,
+        **nets: Any,
     ) -> None:
-        if score not in SCORES:
-            raise ValueError(f"unknown VAE score {score!r}; choose one of {SCORES}")
-        self.inputs = inputs
-        self.parts = dict(parts or {"train": 1.0})
-        self.dense = dict(dense or {"hidden": [256, 128, 64], "latent": 10})
-        self.conv = dict(conv or {"latent": 10})
-        self.beta = float(beta)
-        self.score_kind = score
-        self.train = train_config(train)
+        """``beta``: KL weight; ``score``: the jet score (:data:`~lhcad.models.vae.SCORES`);
+        ``train``: training settings; ``nets``: those of :class:`~lhcad.methods.per_jet.PerJetMethod`.
+        A setting not given is the one in ``conf/method/<name>.yaml``."""
+        settings = configured(self.name, beta=beta, score=score, train=train)
+        if settings["score"] not in SCORES:
+            raise ValueError(f"unknown VAE score {settings['score']!r}; choose one of {SCORES}")
+        super().__init__(inputs, **nets)
+        self.beta = float(settings["beta"])
+        self.score_kind = str(settings["score"])
+        self.train = train_config(settings["train"])
 
     # --------------------------------------------------------------------------- hooks of the variants
 
@@ -159,19 +160,20 @@ class DisCoVAE(VariationalAutoEncoder):
     def __init__(
         self,
         *args: Any,
-        kappa: float = 100.0,
-        anneal_epochs: float = 5.0,
-        squared: bool = False,
-        decorrelate: str = "score",
+        kappa: float = FROM_CONFIG,
+        anneal_epochs: float = FROM_CONFIG,
+        squared: bool = FROM_CONFIG,
+        decorrelate: str = FROM_CONFIG,
         **kwargs: Any,
     ) -> None:
-        if decorrelate not in DECORRELATE:
-            raise ValueError(f"disco_vae decorrelate must be one of {DECORRELATE}, got {decorrelate!r}")
+        settings = configured(self.name, kappa=kappa, anneal_epochs=anneal_epochs, squared=squared, decorrelate=decorrelate)
+        if settings["decorrelate"] not in DECORRELATE:
+            raise ValueError(f"disco_vae decorrelate must be one of {DECORRELATE}, got {settings['decorrelate']!r}")
         super().__init__(*args, **kwargs)
-        self.kappa = float(kappa)
-        self.anneal_epochs = float(anneal_epochs)
-        self.squared = bool(squared)
-        self.decorrelate = decorrelate
+        self.kappa = float(settings["kappa"])
+        self.anneal_epochs = float(settings["anneal_epochs"])
+        self.squared = bool(settings["squared"])
+        self.decorrelate = str(settings["decorrelate"])
 
     def _tensors(self, events: Events, j: int, scaler: Scaler) -> tuple[np.ndarray, ...]:
         # a writable copy: Events columns are read-only and torch warns on them
@@ -223,24 +225,31 @@ class OutlierExposureVAE(VariationalAutoEncoder):
     def __init__(
         self,
         *args: Any,
-        form: str = "mse",
-        lam: float | None = None,
-        margin: float = 1.0,
-        cycle_epochs: float = 4.0,
-        ramp_fraction: float = 0.5,
-        plane_bins: int = 40,
+        form: str = FROM_CONFIG,
+        lam: float | None = FROM_CONFIG,
+        margin: float = FROM_CONFIG,
+        cycle_epochs: float = FROM_CONFIG,
+        ramp_fraction: float = FROM_CONFIG,
+        plane_bins: int = FROM_CONFIG,
         **kwargs: Any,
     ) -> None:
+        """``lam`` None: 500 for ``form`` mse, 2 for kl; the score defaults to the form's."""
+        settings = configured(
+            self.name, form=form, lam=lam, margin=margin, cycle_epochs=cycle_epochs,
+            ramp_fraction=ramp_fraction, plane_bins=plane_bins,
+        )
+        form = settings["form"]
         if form not in ("mse", "kl"):
             raise ValueError(f"oe_vae form must be 'mse' or 'kl', got {form!r}")
         kwargs.setdefault("score", form)
         super().__init__(*args, **kwargs)
         self.form = form
+        lam = settings["lam"]
         self.lam = float(lam if lam is not None else (500.0 if form == "mse" else 2.0))
-        self.margin = float(margin)
-        self.cycle_epochs = float(cycle_epochs)
-        self.ramp_fraction = float(ramp_fraction)
-        self.plane_bins = int(plane_bins)
+        self.margin = float(settings["margin"])
+        self.cycle_epochs = float(settings["cycle_epochs"])
+        self.ramp_fraction = float(settings["ramp_fraction"])
+        self.plane_bins = int(settings["plane_bins"])
         self.outliers: dict[int, Events] = {}
 
     def _prepare(self, events: Events, ctx: FitContext) -> None:

@@ -7,7 +7,9 @@ RNG is left untouched; the model's initial weights are the caller's business, e.
 
     with seeded(seed):
         model = MLP(6)
-    history = fit(model, bce_loss, (x, y, w), config=TrainConfig(), seed=seed)
+    config = TrainConfig(epochs=30, batch_size=200, lr=1e-3, betas=(0.8, 0.99), lr_decay=5e-4,
+                         patience=5, val_fraction=0.1)
+    history = fit(model, bce_loss, (x, y, w), config=config, seed=seed)
     scores = predict(model, x_test)
 
 On CPU the same seed and data give bit-identical weights.
@@ -54,21 +56,25 @@ ArrayLike = torch.Tensor | np.ndarray
 VAL_CHUNK = 2048
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
-    """Optimiser and stopping settings; the defaults are those of Tag N' Train (section 3.2)."""
+    """Optimiser and stopping settings. Types only: the values live in ``conf/training/*.yaml``
+    (``tnt.yaml``: Tag N' Train section 3.2; ``paper003.yaml``: the SA-CWoLa / SALAD code), composed
+    into each method's ``train``; ``lhcad.methods.registry.training_config("tnt", epochs=3)`` gives
+    one outside a method. ``weight_decay`` and ``min_delta`` are not in those files: off unless set.
+    """
 
-    epochs: int = 30
-    batch_size: int = 200
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.8, 0.99)
+    epochs: int
+    batch_size: int
+    lr: float
+    betas: tuple[float, float]
     #: Keras-style time decay per optimiser step: ``lr / (1 + lr_decay * step)``
-    lr_decay: float = 5e-4
-    weight_decay: float = 0.0
+    lr_decay: float
     #: epochs without improvement of the validation loss before stopping; <= 0 never stops early
-    patience: int = 5
+    patience: int
     #: random part of the given data held out for early stopping (when no val_inputs are given)
-    val_fraction: float = 0.1
+    val_fraction: float
+    weight_decay: float = 0.0
     #: smallest decrease of the validation loss that counts as an improvement
     min_delta: float = 0.0
 
