@@ -12,7 +12,7 @@ child run from the MLflow store and prints:
 * the total wall time and the peak resident memory of the largest process (``ru_maxrss`` of the
   children, which includes the launcher's workers once they have exited);
 * the seconds of every phase (``time/<phase>_s``: load, fit, score, evaluate, statistics, closure,
-  plots, logging) summed over the grid, and what the phases leave over of ``time/total_s``
+  probes, plots, logging) summed over the grid, and what the phases leave over of ``time/total_s``
   (process start, store, params) next to the wall time;
 * the ten slowest runs;
 * the ratio of the wall time to the 3-hour goal (or of an extrapolation, for a partial grid).
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = ("ae", "vae", "oe_vae", "disco_vae", "adv_ae", "tnt", "cwola", "sa_cwola", "salad", "supervised")
 FRACTIONS = (0.0, 0.001, 0.003, 0.01)
 SEEDS = (0, 1, 2)
-PHASES = ("load", "fit", "score", "evaluate", "statistics", "closure", "plots", "logging")
+PHASES = ("load", "fit", "score", "evaluate", "statistics", "closure", "probes", "plots", "logging")
 GOAL_SECONDS = 3 * 3600.0
 DATA = {
     "tiny": ["data=tiny"],

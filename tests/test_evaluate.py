@@ -48,6 +48,10 @@ EXPECTED_KEYS = {
     "jsd_mjj/eff_0.03",
     "jsd_mjj/eff_0.01",
     "jet_score_corr_bkg",
+    "jsd_mjet/jet1",
+    "jsd_mjet/jet2",
+    "eff_s_at_eff_b_0.05/jet1",
+    "eff_s_at_eff_b_0.05/jet2",
     "n_selected/eff_0.1",
     "n_selected/eff_0.03",
     "n_selected/eff_0.01",
@@ -59,7 +63,7 @@ EXPECTED_KEYS = {
     "n_roc_background",
     "n_roc_signal",
 }
-PER_JET_KEYS = {"auc_jet1", "auc_jet2", "jet_score_corr_bkg"}
+PER_JET_KEYS = {"auc_jet1", "auc_jet2", "jet_score_corr_bkg"} | {f"{k}/jet{j}" for k in ("jsd_mjet", "eff_s_at_eff_b_0.05") for j in (1, 2)}
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from lhcad.config import build, register_resolvers
 from lhcad.data.dataset import load_dataset
 from lhcad.data.events import Events
 from lhcad.data.transforms import order_jets
-from lhcad.evaluate.jet_mass import jet_mass_metrics, jet_mass_sculpting, nuisance_aucs
+from lhcad.evaluate.jet_mass import JesNuisance, jet_mass_metrics, jet_mass_sculpting, nuisance_aucs
 from lhcad.evaluate.metrics import auc
 from lhcad.evaluate.sculpting import jsd
 from lhcad.inputs import JetFeatures
@@ -206,6 +206,8 @@ def _evaluate(method, split, logged=None) -> dict[str, float]:
     test_scores, signal_scores = method.score(test), method.score(signal)
     background = test_scores.event[test.labels == 0]
     metrics = method.extra_metrics(test, test_scores, signal, signal_scores)
+    # what the pipeline adds for every per-jet method: jet-mass sculpting and the JES probe
+    metrics |= jet_mass_metrics(test, test_scores, signal, signal_scores) | JesNuisance()(method.score, test, signal)
     return dict(logged or {}) | {"auc": auc(background, signal_scores.event)} | metrics
 
 
@@ -313,8 +315,8 @@ def test_train_py_logs_standard_and_method_metrics(method, tmp_path):
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     assert {"auc", "val_loss", "jsd_mjj/eff_0.1", "jsd_mjet/jet1", "eff_s_at_eff_b_0.05/jet2"} <= set(m)
+    assert {"auc_nuisance/up", "auc_nuisance/nominal", "auc_nuisance/down", "auc_nuisance/spread"} <= set(m)
     if method == "adv_ae":
-        assert {"auc_nuisance/up", "auc_nuisance/nominal", "auc_nuisance/down", "auc_nuisance/spread"} <= set(m)
         kinds = ("acc_pretrain", "acc_final", "acc_probe", "chance")
         assert {f"adv_ae/adversary_{k}_jet{j}" for k in kinds for j in (1, 2)} <= set(m)
 

@@ -65,7 +65,7 @@ def test_supervised_reaches_high_auc_and_logs_everything(tmp_path):
     # a single run draws every figure, at the top level where MLflow's compare view finds them
     assert {"roc.png", "sic.png", "mjj_selections.png", "bumphunt.png", "tnt_bumphunt.png"} <= arts
     assert "| AUC |" in tags["mlflow.note.content"]  # the run's description is its summary table
-    phases = ("load", "fit", "score", "evaluate", "statistics", "closure", "plots", "logging")
+    phases = ("load", "fit", "score", "evaluate", "statistics", "closure", "probes", "plots", "logging")
     assert all(m[f"time/{p}_s"] >= 0 for p in phases)
     assert m["time/total_s"] >= sum(m[f"time/{p}_s"] for p in phases)
 

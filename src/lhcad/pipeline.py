@@ -501,6 +501,10 @@ def fit_and_evaluate(
     )
     set_tags({"closure": evaluation.closure.status if evaluation.closure is not None else "off"})
     metrics = dict(evaluation.metrics)
+    t_probes = time.perf_counter()
+    for probe in (build(p) for p in cfg.search.get("probes") or []):
+        metrics |= probe(method.score, test, unused_signal)
+    seconds["probes"] = time.perf_counter() - t_probes
     metrics |= method.extra_metrics(test, test_scores, unused_signal, signal_scores)  # method-specific
     metrics["val_loss"] = float(method.val_loss)
     if prep.val is not None and len(prep.val):

@@ -8,6 +8,7 @@ The entry point is :func:`evaluate`; search statistics (bump hunt, ABCD, ...) pl
     result = evaluate(test, test_scores, unused_signal, signal_scores, EvaluationConfig())
 """
 
+from lhcad.evaluate.jet_mass import JesNuisance
 from lhcad.evaluate.metrics import RocCurve, auc, max_sic, pearson, rejection_at, roc_curve, sic_curve
 from lhcad.evaluate.plots import hep_style, plot_jet_scores, plot_mjj_selections, plot_roc, plot_sic
 from lhcad.evaluate.run_evaluation import (
@@ -25,6 +26,7 @@ from lhcad.evaluate.sculpting import jsd, mass_sculpting
 from lhcad.evaluate.selection import n_kept, select_efficiency, threshold_at_efficiency
 
 __all__ = [
+    "JesNuisance",
     "Closure",
     "ClosureConfig",
     "Evaluation",

@@ -4,7 +4,8 @@
   background jet-mass histogram before and after a cut on that jet's score at background
   efficiency ``eff_b`` (5% by default), and the signal efficiency of the same cut.
 * :func:`nuisance_aucs` (paper 002, Table 1): the AUC with the test background and the signal both
-  shifted to the JES class up / nominal / down, and their spread (max - min).
+  shifted to the JES class up / nominal / down, and their spread (max - min); :class:`JesNuisance`
+  is the probe the pipeline runs for every method (``search.probes``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lhcad.evaluate.sculpting import jsd
 from lhcad.evaluate.selection import select_efficiency, threshold_at_efficiency
 from lhcad.scores import Scores
 
-__all__ = ["JES_CLASSES", "jet_mass_metrics", "jet_mass_sculpting", "nuisance_aucs"]
+__all__ = ["JES_CLASSES", "JesNuisance", "jet_mass_metrics", "jet_mass_sculpting", "nuisance_aucs"]
 
 #: nuisance class name -> JES direction
 JES_CLASSES = {"up": 1, "nominal": 0, "down": -1}
@@ -84,3 +85,19 @@ def nuisance_aucs(
     values = [metrics[f"auc_nuisance/{name}"] for name in JES_CLASSES]
     metrics["auc_nuisance/spread"] = float(np.max(values) - np.min(values))
     return metrics
+
+
+class JesNuisance:
+    """Probe of a method's robustness to the jet-energy scale, run on every method's scores
+    (``search.probes``): :func:`nuisance_aucs` with every jet scaled by ``1 +- shift``."""
+
+    name = "jes_nuisance"
+
+    def __init__(self, shift: float = DEFAULT_JES_SHIFT) -> None:
+        if not 0 < float(shift) < 1:
+            raise ValueError(f"JesNuisance.shift must be in (0, 1), got {shift!r}")
+        self.shift = float(shift)
+
+    def __call__(self, score: Callable[[Events], Scores], test: Events, signal: Events) -> dict[str, float]:
+        """``auc_nuisance/{up,nominal,down,spread}`` of ``score`` on ``test``'s background and ``signal``."""
+        return nuisance_aucs(score, test, signal, self.shift)

@@ -44,6 +44,7 @@ from lhcad.data.events import Events
 from lhcad.evaluate import metrics as m
 from lhcad.evaluate.plots import plot_jet_scores, plot_mjj_selections, plot_roc, plot_sic
 from lhcad.evaluate.sculpting import jsd, mass_sculpting
+from lhcad.evaluate.jet_mass import jet_mass_metrics
 from lhcad.evaluate.selection import select_efficiency
 from lhcad.scores import Scores
 
@@ -404,6 +405,8 @@ def evaluate(
           that learned m_jj itself gains nothing there);
         * ``auc_jet1``, ``auc_jet2``, ``jet_score_corr_bkg`` (per-jet scores only): per-jet AUCs and
           the Pearson correlation of the jet-1 and jet-2 scores of the test background;
+        * ``jsd_mjet/jet{1,2}``, ``eff_s_at_eff_b_0.05/jet{1,2}`` (per-jet scores only): jet-mass
+          sculpting of each jet's score (:func:`lhcad.evaluate.jet_mass.jet_mass_metrics`);
         * ``jsd_mjj/eff_E``, ``n_selected/eff_E``, ``n_selected_signal/eff_E``: selections keeping
           the top fraction E of the test sample and the JSD between its background mjj histograms
           before and after;
@@ -453,6 +456,8 @@ def evaluate(
         metrics["jet_score_corr_bkg"] = m.pearson(test_scores.jet1[background], test_scores.jet2[background])
     if config.signal_region is not None:
         metrics |= _signal_region_metrics(test, test_scores, signal, signal_scores, config)
+    if per_jet:
+        metrics |= _jet_mass_metrics(test, test_scores, signal, signal_scores)
 
     # ---- selections on the test sample as injected
     mjj = np.asarray(test["mjj"], dtype=np.float64)
@@ -575,6 +580,21 @@ def _closure_failures(
         if math.isfinite(value) and value > limit:
             failures.append(f"jsd_mjj/eff_{e:g} = {value:.3g} > {limit:.3g} (random selections: {noise:.3g})")
     return failures
+
+
+def _jet_mass_metrics(test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
+    """Jet-mass sculpting of every per-jet score (paper 004, eq. 14); NaN, with the reason logged,
+    when the events carry no jet masses or the test sample no background."""
+    reason = ""
+    if not all(f"j{j}_m" in test and f"j{j}_m" in signal for j in (1, 2)):
+        reason = "the events carry no jet masses"
+    elif not np.any(np.asarray(test.labels) == 0) or len(signal) == 0:
+        reason = "no test background or no held-out signal"
+    if reason:
+        logger.warning("jsd_mjet skipped: %s", reason)
+        nan = float("nan")
+        return {f"{name}/jet{j}": nan for name in ("jsd_mjet", "eff_s_at_eff_b_0.05") for j in (1, 2)}
+    return jet_mass_metrics(test, test_scores, signal, signal_scores)
 
 
 def _signal_region_metrics(

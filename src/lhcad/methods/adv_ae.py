@@ -25,10 +25,9 @@ import torch
 
 from lhcad.data.events import Events
 from lhcad.data.transforms import NUISANCE_COLUMN, jes_variations
-from lhcad.evaluate.jet_mass import jet_mass_metrics, nuisance_aucs
 from lhcad.inputs import InputRepresentation, Scaler
 from lhcad.methods._nets import JetTagger, build_autoencoder, settings_from_mapping
-from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.base import FitContext
 from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
 from lhcad.methods.registry import FROM_CONFIG, configured
 from lhcad.models.adversarial import AdversarialConfig, Adversary, train_adversarial
@@ -122,12 +121,6 @@ class AdversarialAutoEncoder(PerJetMethod):
                 f"adv_ae/adversary_chance_jet{j}": h.adversary_chance,
             }
         ctx.log_metrics(metrics, None)
-
-    def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
-        """Jet-mass sculpting (paper 004 eq. 14) and the AUC per JES class with its spread (paper 002)."""
-        return jet_mass_metrics(test, test_scores, signal, signal_scores) | nuisance_aucs(
-            self.score, test, signal, self.jes_shift
-        )
 
     @property
     def val_loss(self) -> float:

@@ -10,13 +10,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from lhcad.data.events import Events
-from lhcad.evaluate.jet_mass import jet_mass_metrics, nuisance_aucs
 from lhcad.inputs import InputRepresentation
 from lhcad.methods._nets import train_autoencoder, train_config
 from lhcad.methods.base import FitContext
 from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
 from lhcad.methods.registry import FROM_CONFIG, configured
-from lhcad.scores import Scores
 
 __all__ = ["AutoEncoder"]
 
@@ -47,7 +45,3 @@ class AutoEncoder(PerJetMethod):
         self.pair = JetTaggerPair(self.inputs, *taggers)
         self.pair.calibrate(events)
         ctx.log_metrics({f"ae/val_loss_jet{j}": t.val_loss for j, t in zip((1, 2), taggers)}, None)
-
-    def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
-        """Jet-mass sculpting (paper 004 eq. 14) and the AUC per JES class with its spread (paper 002)."""
-        return jet_mass_metrics(test, test_scores, signal, signal_scores) | nuisance_aucs(self.score, test, signal)

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 from lhcad.data.events import Events
-from lhcad.evaluate.jet_mass import jet_mass_metrics
 from lhcad.inputs import InputRepresentation, Scaler
 from lhcad.methods._nets import JetTagger, train_config
-from lhcad.methods.base import FitContext, Scores
+from lhcad.methods.base import FitContext
 from lhcad.methods.per_jet import JetTaggerPair, PerJetMethod, check_parts
 from lhcad.methods.registry import FROM_CONFIG, configured
 from lhcad.models.dcor import distance_correlation
@@ -137,10 +136,6 @@ class VariationalAutoEncoder(PerJetMethod):
         self.pair = JetTaggerPair(self.inputs, *taggers)
         self.pair.calibrate(events)
         ctx.log_metrics({f"{self.name}/val_loss_jet{j}": t.val_loss for j, t in zip((1, 2), taggers)}, None)
-
-    def extra_metrics(self, test: Events, test_scores: Scores, signal: Events, signal_scores: Scores) -> dict[str, float]:
-        """Jet-mass sculpting at background efficiency 5% (paper 004, eq. 14)."""
-        return jet_mass_metrics(test, test_scores, signal, signal_scores)
 
 
 #: what DisCo-VAE's distance correlation with the jet mass acts on
