@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "lhcad.data": 1,
     "lhcad.models": 1,
     "lhcad.tracking": 1,
+    "lhcad.kfold": 1,  # fold assignment and score merging (imports only lhcad.scores)
     # config helpers: above data (imports lhcad.data.dataset), usable by everything above it
     "lhcad.config": 2,
     # what a network sees; per-run metrics, selections, plots
@@ -51,6 +52,7 @@ LAYERS: dict[str, int] = {
     "lhcad.stats": 4,
     # one run, start to finish
     "lhcad.pipeline": 5,
+    "lhcad.report": 5,
     # entry points: nothing imports them
     "lhcad.cli": 6,
 }

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from lhcad.data.storage import DatasetError, load_manifest
 from lhcad.data.transforms import correlate_mass, order_jets
 from lhcad.evaluate import ClosureConfig, Evaluation, EvaluationConfig, auc, evaluate
 from lhcad.inputs import InputRepresentation, JetFeatures, check_inputs_available
+from lhcad.kfold import fold_indices, merge_scores, to_fold_percentiles
 from lhcad.methods.base import FitContext, Method
 from lhcad.scores import Scores
 
@@ -196,27 +197,65 @@ def _val_auc(scores: Scores, labels: np.ndarray) -> float:
     return auc(scores.event[labels == 0], scores.event[labels == 1])
 
 
+@dataclass
+class Fold:
+    """One fit of the method: its training ``parts``, the ``test`` events it scores (the held-out
+    test part, or one fold of the drawn sample with k-fold), ``val`` (R&D objective only) and the
+    held-out ``signal`` events (never injected) it scores for the ROC curve."""
+
+    parts: dict[str, Events]
+    test: Events
+    val: Events | None
+    signal: Events
+
+
 def _draw(
     cfg: DictConfig, data: Mapping[str, Events], parts_spec: Mapping[str, float], rng: np.random.Generator
-) -> tuple[dict[str, Events], Events, Events | None, Events, Events]:
-    """Inject signal and split: (method parts, test, val or None, signal never injected, background never drawn).
+) -> tuple[list[Fold], Events]:
+    """Inject signal and split: the folds (one without k-fold) and the background never drawn.
 
-    ``background_reserve`` > 0 first sets that fraction of the background aside (never drawn);
-    it joins the background the draw leaves over in the last element.
+    Without ``kfold.k`` the drawn sample is split into the held-out parts (``holdout``) and the
+    method's parts. With ``kfold.k = k`` it is cut into k folds (:func:`lhcad.kfold.fold_indices`);
+    fold i tests on its events, and the method's parts (and ``val``) are cut from the other k - 1
+    folds; the held-out signal is cut into k parts the same way. ``background_reserve`` > 0 first
+    sets that fraction of the background aside (never drawn); it joins the background the draw
+    leaves over in the second element.
     """
     reserve_frac = float(cfg.get("background_reserve", 0.0) or 0.0)
+    k = _kfold_k(cfg)
     try:
         background, reserve = data["qcd"], None
         if reserve_frac > 0:
             pools = split(background, {"pool": 1.0 - reserve_frac, "reserve": reserve_frac}, rng)
             background, reserve = pools["pool"], pools["reserve"]
         draw = draw_sample(background, data["signal"], float(cfg.signal_frac), cfg.n_events, rng)
-        parts = split(draw.sample, split_spec(dict(cfg.holdout), parts_spec), rng)
-    except ValueError as err:  # not enough events for this signal_frac / n_events / parts
+        spare = draw.unused_background if reserve is None else Events.concat([reserve, draw.unused_background])
+        if k is None:
+            parts = split(draw.sample, split_spec(dict(cfg.holdout), parts_spec), rng)
+            test, val = parts.pop("test"), parts.pop("val", None)
+            return [Fold(parts, test, val, draw.unused_signal)], spare
+        held_out = {key: v for key, v in dict(cfg.holdout).items() if key != "test"}
+        folds = []
+        sample_folds = fold_indices(len(draw.sample), k, rng)
+        signal_folds = fold_indices(len(draw.unused_signal), k, rng)
+        for i in range(k):
+            rest = np.concatenate([idx for j, idx in enumerate(sample_folds) if j != i])
+            parts = split(draw.sample.take(np.sort(rest)), split_spec(held_out, parts_spec), rng)
+            test = draw.sample.take(sample_folds[i])
+            folds.append(Fold(parts, test, parts.pop("val", None), draw.unused_signal.take(signal_folds[i])))
+        return folds, spare
+    except ValueError as err:  # not enough events for this signal_frac / n_events / parts / folds
         raise ConfigError(str(err)) from None
-    test, val = parts.pop("test"), parts.pop("val", None)
-    spare = draw.unused_background if reserve is None else Events.concat([reserve, draw.unused_background])
-    return parts, test, val, draw.unused_signal, spare
+
+
+def _kfold_k(cfg: DictConfig) -> int | None:
+    """``kfold.k``: None (off) or an integer >= 2."""
+    k = (cfg.get("kfold") or {}).get("k")
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ConfigError(f"kfold.k must be null (off) or an integer >= 2, got {k!r}")
+    return k
 
 
 def apply_transforms(
@@ -283,7 +322,8 @@ class Outcome:
 
     ``metrics`` holds the final metrics and, under their own names, the last value of every
     metric reported without a step during the run (event counts, a method's fit-time summaries
-    through ``ctx.log_metrics``); ``reported`` names the latter.
+    through ``ctx.log_metrics``); ``reported`` names the latter. ``method`` is fold 0's model,
+    ``fold_methods`` every fold's (one without k-fold).
     """
 
     method: Method
@@ -294,6 +334,7 @@ class Outcome:
     test_scores: Scores
     signal_scores: Scores
     reported: frozenset[str] = frozenset()
+    fold_methods: list[Method] = field(default_factory=list)
 
 
 def _no_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -304,26 +345,40 @@ def _no_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 class PreparedRun:
     """A run checked and drawn, before anything is trained or logged (see :func:`prepare`).
 
+    ``folds`` holds one :class:`Fold` per fit (one without ``kfold.k``).
     ``counts`` are event counts to log as metrics; ``tags`` describe the data (dataset, checksum,
     device, provenance); ``t_start`` is when preparation began (``time/total_s`` counts from there)
     and ``load_seconds`` how long it took (``time/load_s``: checks, generation, reading, drawing).
     """
 
     cfg: DictConfig
+    inputs: InputRepresentation
     method: Method
     run_name: str
     device: str
     eval_config: EvaluationConfig
     data: dict[str, Events]
-    parts: dict[str, Events]
-    test: Events
-    val: Events | None
-    unused_signal: Events
+    folds: list[Fold]
     spare: Events
     counts: dict[str, float]
     tags: dict[str, str]
     t_start: float
     load_seconds: float
+
+    @property
+    def parts(self) -> dict[str, Events]:
+        """The first fold's training parts (the only ones without k-fold)."""
+        return self.folds[0].parts
+
+    @property
+    def test(self) -> Events:
+        """Every event scored: the test part, or with k-fold the whole drawn sample in fold order."""
+        return self.folds[0].test if len(self.folds) == 1 else Events.concat([f.test for f in self.folds])
+
+    @property
+    def unused_signal(self) -> Events:
+        """The held-out signal (never injected), in fold order."""
+        return self.folds[0].signal if len(self.folds) == 1 else Events.concat([f.signal for f in self.folds])
 
 
 def _preflight_config(cfg: DictConfig) -> EvaluationConfig:
@@ -437,22 +492,25 @@ def prepare(cfg: DictConfig, run_name: str | None = None) -> PreparedRun:
     _check_finite_inputs(data, inputs)
 
     rng = np.random.default_rng(int(cfg.seed))
-    parts, test, val, unused_signal, spare = _draw(cfg, data, method.parts, rng)
-    _check_sizes(cfg, parts, test)
+    folds, spare = _draw(cfg, data, method.parts, rng)
+    for fold in folds:
+        _check_sizes(cfg, fold.parts, fold.test)
     if method.needs_spare_background and len(spare) == 0:
         raise ConfigError(
             f"{name} trains against background events kept out of the run's sample, but all "
             f"{len(data['qcd'])} are drawn: set background_reserve (e.g. background_reserve=0.3) or a lower n_events"
         )
-    counts |= {f"n_events/{k}": float(len(v)) for k, v in {**parts, "test": test}.items()}
-    counts["n_signal_heldout"] = float(len(unused_signal))
+    counts |= {f"n_events/{k}": float(len(v)) for k, v in {**folds[0].parts, "test": folds[0].test}.items()}
+    if len(folds) > 1:
+        counts |= {"kfold/k": float(len(folds)), "n_events/scored": float(sum(len(f.test) for f in folds))}
+    counts["n_signal_heldout"] = float(sum(len(f.signal) for f in folds))
     tags = {"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device}
     tags |= {f"provenance.{s}": text for s, text in sample_provenance(root, samples).items()}
     if warning := mixed_sources(root, samples):
         log.warning("%s", warning)
         tags["mixed_sources"] = "true"
     return PreparedRun(
-        cfg, method, run_name, device, eval_config, data, parts, test, val, unused_signal, spare, counts, tags,
+        cfg, inputs, method, run_name, device, eval_config, data, folds, spare, counts, tags,
         t_start, time.perf_counter() - t_start,
     )  # fmt: skip
 
@@ -460,12 +518,17 @@ def prepare(cfg: DictConfig, run_name: str | None = None) -> PreparedRun:
 def fit_and_evaluate(
     prep: PreparedRun, *, log_metrics: Any = _no_metrics, set_tags: Any = lambda tags: None
 ) -> Outcome:
-    """Train the prepared method, score the test part and the held-out signal, and evaluate.
+    """Train the prepared method (once per fold), score the test events and the held-out signal,
+    and evaluate.
 
+    With k-fold (``kfold.k``) each fold's scores are mapped to that fold model's percentiles
+    (:func:`lhcad.kfold.to_fold_percentiles`) and merged, so every statistic runs on all drawn
+    events; ``kfold/auc/fold<i>``, ``kfold/auc_mean`` and ``kfold/auc_std`` give the spread.
+    Stage metrics, method-specific metrics, probes and the saved model come from fold 0.
     ``log_metrics(metrics, step)`` and ``set_tags(tags)`` receive what the method and the pipeline
     report on the way (MLflow in :func:`run`); the returned metrics are the run's final ones.
     """
-    cfg, method, test, unused_signal = prep.cfg, prep.method, prep.test, prep.unused_signal
+    cfg, folds = prep.cfg, prep.folds
     reported: dict[str, float] = {}
 
     def record(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -476,47 +539,76 @@ def fit_and_evaluate(
     set_tags(prep.tags)
     record(prep.counts, None)
     log.info(
-        "%s: parts %s, test %d (%d signal), held-out signal %d, device %s",
-        prep.run_name, {k: len(v) for k, v in prep.parts.items()}, len(test), int(test.labels.sum()),
-        len(unused_signal), prep.device,
+        "%s: %sparts %s, test %d (%d signal), held-out signal %d, device %s",
+        prep.run_name, f"{len(folds)} folds, each: " if len(folds) > 1 else "",
+        {k: len(v) for k, v in folds[0].parts.items()}, len(folds[0].test), int(folds[0].test.labels.sum()),
+        len(folds[0].signal), prep.device,
     )  # fmt: skip
 
-    ctx = FitContext(
-        device=prep.device, seed=int(cfg.seed), samples={s: prep.data[s] for s in method.samples},
-        spare_background=prep.spare if method.needs_spare_background else None,
-        log_metrics=record, progress=bool(cfg.progress),
-    )  # fmt: skip
-    seconds = {"load": prep.load_seconds}
-    t_fit = time.perf_counter()
-    method.fit(prep.parts, ctx)
-    seconds["fit"] = time.perf_counter() - t_fit
+    seconds = {"load": prep.load_seconds, "fit": 0.0, "score": 0.0}
+    methods, test_parts, signal_parts, val_aucs = [], [], [], []
+    for i, fold in enumerate(folds):
+        method = prep.method if i == 0 else build(cfg.method, inputs=prep.inputs)
+        ctx = FitContext(
+            device=prep.device, seed=int(cfg.seed) + i, samples={s: prep.data[s] for s in method.samples},
+            spare_background=prep.spare if method.needs_spare_background else None,
+            log_metrics=record, progress=bool(cfg.progress),
+        )  # fmt: skip
+        t_fit = time.perf_counter()
+        method.fit(fold.parts, ctx)
+        seconds["fit"] += time.perf_counter() - t_fit
+        t_score = time.perf_counter()
+        test_scores, signal_scores = method.score(fold.test), method.score(fold.signal)
+        if len(folds) > 1:
+            reference = test_scores
+            test_scores = to_fold_percentiles(test_scores, reference)
+            signal_scores = to_fold_percentiles(signal_scores, reference)
+        seconds["score"] += time.perf_counter() - t_score
+        if fold.val is not None and len(fold.val):
+            val_aucs.append(_val_auc(method.score(fold.val), fold.val.labels))
+        methods.append(method)
+        test_parts.append(test_scores)
+        signal_parts.append(signal_scores)
 
-    t_score = time.perf_counter()
-    test_scores = method.score(test)
-    signal_scores = method.score(unused_signal)
-    seconds["score"] = time.perf_counter() - t_score
+    test, unused_signal = prep.test, prep.unused_signal
+    test_scores, signal_scores = merge_scores(test_parts), merge_scores(signal_parts)
     statistics = [build(s) for s in cfg.search.get("statistics", [])]
     evaluation = evaluate(
         test, test_scores, unused_signal, signal_scores, prep.eval_config, statistics, closure=_closure_config(cfg)
     )
     set_tags({"closure": evaluation.closure.status if evaluation.closure is not None else "off"})
     metrics = dict(evaluation.metrics)
+    if len(folds) > 1:
+        metrics |= _fold_metrics(folds, test_parts, signal_parts)
+    first, fold0 = methods[0], folds[0]
     t_probes = time.perf_counter()
     for probe in (build(p) for p in cfg.search.get("probes") or []):
-        metrics |= probe(method.score, test, unused_signal)
+        metrics |= probe(first.score, fold0.test, fold0.signal)
     seconds["probes"] = time.perf_counter() - t_probes
-    metrics |= method.extra_metrics(test, test_scores, unused_signal, signal_scores)  # method-specific
-    metrics["val_loss"] = float(method.val_loss)
-    if prep.val is not None and len(prep.val):
-        metrics["val_auc"] = _val_auc(method.score(prep.val), prep.val.labels)
+    raw0 = (first.score(fold0.test), first.score(fold0.signal)) if len(folds) > 1 else (test_parts[0], signal_parts[0])
+    metrics |= first.extra_metrics(fold0.test, raw0[0], fold0.signal, raw0[1])  # method-specific
+    metrics["val_loss"] = float(np.mean([m.val_loss for m in methods]))
+    if val_aucs:
+        metrics["val_auc"] = float(np.mean(val_aucs))
     seconds |= {"evaluate" if k == "metrics" else k: v for k, v in evaluation.seconds.items()}
     metrics |= {f"time/{phase}_s": value for phase, value in seconds.items()}
     metrics["time/total_s"] = time.perf_counter() - prep.t_start
-    stages = _stage_metrics(method, test, unused_signal)
+    stages = _stage_metrics(first, fold0.test, fold0.signal)
     return Outcome(
-        method, {**reported, **metrics}, stages, evaluation, test, test_scores, signal_scores,
-        reported=frozenset(set(reported) - set(metrics)),
+        first, {**reported, **metrics}, stages, evaluation, test, test_scores, signal_scores,
+        reported=frozenset(set(reported) - set(metrics)), fold_methods=methods,
     )  # fmt: skip
+
+
+def _fold_metrics(folds: Sequence[Fold], test_parts: Sequence[Scores], signal_parts: Sequence[Scores]) -> dict[str, float]:
+    """Each fold's AUC (its test background against its share of the held-out signal) and their
+    mean and standard deviation."""
+    aucs = [
+        auc(scores.event[np.asarray(fold.test.labels) == 0], signal.event)
+        for fold, scores, signal in zip(folds, test_parts, signal_parts)
+    ]
+    out = {f"kfold/auc/fold{i}": value for i, value in enumerate(aucs)}
+    return out | {"kfold/auc_mean": float(np.mean(aucs)), "kfold/auc_std": float(np.std(aucs, ddof=1))}
 
 
 def train_and_evaluate(
@@ -610,8 +702,11 @@ def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunRes
         for step, row in enumerate(out.stage_metrics):
             tracker.log_metrics({f"stage/{k}": v for k, v in row.items()}, step=step)
         _log_artifacts(tracker, out.evaluation, out.test, out.test_scores, out.signal_scores)
-        if cfg.tracking.get("log_models", True) and (state := out.method.state()):
-            tracker.log_torch_state(state, "model/state.pt")
+        if cfg.tracking.get("log_models", True):
+            states = [m.state() for m in out.fold_methods or [out.method]]
+            state = states[0] if len(states) == 1 else {f"fold{i}": st for i, st in enumerate(states) if st}
+            if state:
+                tracker.log_torch_state(state, "model/state.pt")
         summary = out.evaluation.summary_lines()
         _log_summary(tracker, out.evaluation, run_name, cfg)
         metrics["time/logging_s"] = time.perf_counter() - t_logging
