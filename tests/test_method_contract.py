@@ -164,3 +164,13 @@ def test_pipeline_holds_no_method_name_and_no_hasattr():
     lower = source.lower()
     found = sorted(n for n in names if re.search(rf"(?<![a-z0-9]){re.escape(n)}(?![a-z0-9])", lower))
     assert not found, f"pipeline.py names methods: {found}"
+
+
+WINDOW_DEPENDENT = {"cwola", "sa_cwola", "salad", "cwola_ideal", "tnt_mjj"}
+
+
+@pytest.mark.parametrize("method", METHOD_CONFIGS)
+def test_window_dependence_is_declared(method):
+    """Methods trained on the m_jj signal region and sidebands say so: a window scan retrains them
+    per window and scores the others once."""
+    assert _build(method).window_dependent is (method in WINDOW_DEPENDENT)

@@ -71,6 +71,9 @@ class Method(ABC):
         needs_spare_background = False   True: ``ctx.spare_background`` holds the background kept
                                          out of the run's sample (e.g. cwola_ideal's reference);
                                          the pipeline refuses to run if there is none
+        window_dependent = False         True: training uses the m_jj signal region / sidebands
+                                         (``search.signal_region``, ``search.sidebands``), so a
+                                         window scan (``search=scan``) retrains it per window
         val_loss -> float = NaN          (a property) label-free objective for sweeps
         state() -> dict = {}             weights to save as the run's model artifact ({} = none)
         score_stages(events) -> [Scores] = []
@@ -101,6 +104,7 @@ class Method(ABC):
     parts: Mapping[str, float]
     samples: tuple[str, ...] = ()
     needs_spare_background: bool = False
+    window_dependent: bool = False
 
     @abstractmethod
     def fit(self, splits: Mapping[str, Events], ctx: FitContext) -> None:

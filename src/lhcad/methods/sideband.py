@@ -104,6 +104,7 @@ class SidebandMethod(Method):
     """
 
     name = "sideband"
+    window_dependent = True  # trained on the signal region against its sidebands
     trains_on_sim = False
 
     def __init__(

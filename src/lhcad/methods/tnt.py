@@ -161,6 +161,7 @@ class TagNTrain(Method):
         self.background_rich = float(settings["background_rich"])
         window = settings["mjj_window"]
         self.mjj_window = list(window) if window is not None else None
+        self.window_dependent = self.mjj_window is not None  # TNT+Mjj: the signal-rich set lies in the SR
         self.classifier = dict(settings["classifier"])
         self.train = train_config(settings["train"])
         self.stages: list[Any] = []  # stage 0: the initial method; then one JetTaggerPair per iteration
