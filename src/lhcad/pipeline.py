@@ -32,7 +32,7 @@ from lhcad.methods.base import FitContext, Method
 from lhcad.scores import Scores
 
 if TYPE_CHECKING:
-    from lhcad.data.generate import GenerationConfig
+    from lhcad.data.generation_config import GenerationConfig
 
 log = logging.getLogger("lhcad")
 

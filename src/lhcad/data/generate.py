@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -30,7 +28,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +36,10 @@ import numpy as np
 
 from lhcad.data import storage
 from lhcad.data.jets import JetConfig, build_events
-from lhcad.data.pythia import check_outlier_masses, make_pythia, outlier_mass_point, pythia_seed, sample_settings, visible_final_state
-from lhcad.data.schema import BACKGROUND_LABEL, SAMPLES, SIGNAL_LABEL
+from lhcad.data.pythia import make_pythia, outlier_mass_point, pythia_seed, sample_settings, visible_final_state
+from lhcad.data.generation_config import SAMPLE_LABELS, GenerationConfig, generate_command, regenerate_command
 
 log = logging.getLogger(__name__)
-
-SAMPLE_LABELS = {"qcd": BACKGROUND_LABEL, "sim": BACKGROUND_LABEL, "signal": SIGNAL_LABEL, "outliers": SIGNAL_LABEL}
-
 
 class GenerationError(RuntimeError):
     """A generation request conflicts with what is already on disk."""
@@ -60,60 +55,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """What to generate and where.
-
-    Attributes:
-        sample: qcd, signal, sim or outliers.
-        n_events: number of accepted (triggered, two-jet) events wanted.
-        out: dataset directory.
-        seed: dataset seed; shard seeds derive from it.
-        workers: parallel processes (0 = all cores).
-        shard_size: accepted events per shard file (part of the sample's identity).
-        batch_size: events per ``Pythia.nextBatch`` call (does not change the events).
-        jets: reconstruction settings.
-        physics: masses, pT-hat cut, simulation and outlier settings (see conf/generate.yaml).
-    """
-
-    sample: str
-    n_events: int
-    out: str
-    seed: int = 0
-    workers: int = 0
-    shard_size: int = 1000
-    batch_size: int = 100
-    jets: JetConfig = field(default_factory=JetConfig)
-    physics: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.sample not in SAMPLES:
-            raise ValueError(f"unknown sample '{self.sample}'; choose one of {', '.join(SAMPLES)}")
-        if self.n_events <= 0:
-            raise ValueError(f"n_events must be positive, got {self.n_events}")
-        if self.shard_size <= 0 or self.batch_size <= 0:
-            raise ValueError("shard_size and batch_size must be positive")
-        if self.sample == "outliers":
-            check_outlier_masses(self.physics["outlier_masses"], self.physics["outlier_exclude"], self.physics["m_wprime"])
-
-    def identity(self) -> dict[str, Any]:
-        """Everything that determines the events of a shard (stored in the manifest)."""
-        ident: dict[str, Any] = {
-            "sample": self.sample,
-            "seed": self.seed,
-            "shard_size": self.shard_size,
-            "label": SAMPLE_LABELS[self.sample],
-            "jets": asdict(self.jets),
-            "pythia": sample_settings(self.sample, self.physics, 0),
-        }
-        if self.sample == "outliers":
-            ident["outlier_masses"] = [list(map(float, p)) for p in self.physics["outlier_masses"]]
-        return ident
-
-    def identity_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -240,7 +181,6 @@ def _claim_sample(cfg: GenerationConfig) -> dict[str, Any]:
         if entry.get("shards") and entry.get("config_hash") != ident_hash:
             old = entry.get("config", {})
             diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
-            from lhcad.data.generation_config import regenerate_command  # builds on this module
 
             cmd = regenerate_command(root, cfg.sample, entry)
             raise GenerationError(
@@ -376,7 +316,6 @@ def generate(cfg: GenerationConfig, *, progress: bool = True) -> dict[str, Any]:
 
 def _command(cfg: GenerationConfig) -> str:
     """The ``lhcad-generate`` command that resumes ``cfg``."""
-    from lhcad.data.generation_config import generate_command  # builds on this module
 
     return generate_command(cfg)
 

@@ -1,4 +1,4 @@
-"""Building a :class:`~lhcad.data.generate.GenerationConfig` from ``conf/generate.yaml``, and back.
+"""What to generate (:class:`GenerationConfig`), built from ``conf/generate.yaml``, and back.
 
 Used by ``lhcad-generate`` (on the config Hydra composed) and by the training pipeline when a run
 generates its dataset on first use (``data.generate=true``: the same file's settings with the
@@ -9,17 +9,76 @@ run's sample, size, directory, seed and workers). :func:`generate_command` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lhcad.data.generate import GenerationConfig
+from lhcad.data.jets import JetConfig
+from lhcad.data.pythia import check_outlier_masses, sample_settings
+from lhcad.data.schema import BACKGROUND_LABEL, SAMPLES, SIGNAL_LABEL
+
+SAMPLE_LABELS = {"qcd": BACKGROUND_LABEL, "sim": BACKGROUND_LABEL, "signal": SIGNAL_LABEL, "outliers": SIGNAL_LABEL}
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """What to generate and where.
+
+    Attributes:
+        sample: qcd, signal, sim or outliers.
+        n_events: number of accepted (triggered, two-jet) events wanted.
+        out: dataset directory.
+        seed: dataset seed; shard seeds derive from it.
+        workers: parallel processes (0 = all cores).
+        shard_size: accepted events per shard file (part of the sample's identity).
+        batch_size: events per ``Pythia.nextBatch`` call (does not change the events).
+        jets: reconstruction settings.
+        physics: masses, pT-hat cut, simulation and outlier settings (see conf/generate.yaml).
+    """
+
+    sample: str
+    n_events: int
+    out: str
+    seed: int = 0
+    workers: int = 0
+    shard_size: int = 1000
+    batch_size: int = 100
+    jets: JetConfig = field(default_factory=JetConfig)
+    physics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.sample not in SAMPLES:
+            raise ValueError(f"unknown sample '{self.sample}'; choose one of {', '.join(SAMPLES)}")
+        if self.n_events <= 0:
+            raise ValueError(f"n_events must be positive, got {self.n_events}")
+        if self.shard_size <= 0 or self.batch_size <= 0:
+            raise ValueError("shard_size and batch_size must be positive")
+        if self.sample == "outliers":
+            check_outlier_masses(self.physics["outlier_masses"], self.physics["outlier_exclude"], self.physics["m_wprime"])
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the events of a shard (stored in the manifest)."""
+        ident: dict[str, Any] = {
+            "sample": self.sample,
+            "seed": self.seed,
+            "shard_size": self.shard_size,
+            "label": SAMPLE_LABELS[self.sample],
+            "jets": asdict(self.jets),
+            "pythia": sample_settings(self.sample, self.physics, 0),
+        }
+        if self.sample == "outliers":
+            ident["outlier_masses"] = [list(map(float, p)) for p in self.physics["outlier_masses"]]
+        return ident
+
+    def identity_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 from lhcad.data.jets import JetConfig
 from lhcad.paths import CONF_DIR
 
