@@ -59,7 +59,9 @@ def test_supervised_reaches_high_auc_and_logs_everything(tmp_path):
     tags = run.data.tags
     assert tags["method"] == "supervised" and tags["signal_frac"] == "0.09" and tags["seed"] == "1"
     assert len(tags["dataset_checksum"]) == 16
-    assert run.data.params["method.variant"] == "both"
+    params = run.data.params
+    assert params["method.variant"] == "both" and params["method"] == "supervised" and params["inputs"] == "features"
+    assert len(params) <= 40 and not any(k.startswith(("search.", "method.inputs", "paths.")) for k in params)
     arts = {a.path for a in client(tmp_path).list_artifacts(run.info.run_id)}
     assert {"config.yaml", "scores.npz", "curves.npz", "model", "summary.md", "summary.csv"} <= arts
     # a single run draws every figure, at the top level where MLflow's compare view finds them

@@ -295,6 +295,75 @@ def _log_figures(tracker: Any, evaluation: Evaluation, title: str) -> None:
         tracker.log_figure(fig, fname)
 
 
+MAX_OVERRIDES_PARAM = 480
+"""Characters of the ``overrides`` param (MLflow refuses params over 500)."""
+
+
+def _hydra_choice(group: str) -> str | None:
+    """Hydra's choice of config group ``group`` (e.g. ``inputs``), None outside a Hydra app."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get(group)
+    except ValueError:
+        return None
+    return None if choice is None else str(choice)
+
+
+def _task_overrides() -> list[str]:
+    """The command line's overrides of this job ([] outside a Hydra app)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def _method_settings(node: Any, prefix: str = "method") -> dict[str, str]:
+    """The method's own settings as flat ``method.<key>`` params: lists as one value, no
+    ``_target_`` and no ``inputs`` (the run's inputs are a param of their own)."""
+    out: dict[str, str] = {}
+    for key, value in node.items():
+        if key in ("_target_", "inputs"):
+            continue
+        if isinstance(value, Mapping):
+            out |= _method_settings(value, f"{prefix}.{key}")
+        else:
+            out[f"{prefix}.{key}"] = str(list(value) if isinstance(value, (list, tuple)) else value)
+    return out
+
+
+def _lean_params(cfg: DictConfig, name: str) -> dict[str, str]:
+    """What tells runs apart, as MLflow params: the method, signal_frac, seed, inputs, data,
+    k-fold, closure, the Optuna trial and the correlation test's alpha when set, the method's own
+    settings and the command line's overrides (truncated). The whole config is the ``config.yaml``
+    artifact."""
+    inputs = OmegaConf.to_container(cfg.inputs, resolve=True)
+    params = {
+        "method": name,
+        "signal_frac": str(cfg.signal_frac),
+        "seed": str(cfg.seed),
+        "inputs": _hydra_choice("inputs") or str(inputs.get("_target_", "")).rsplit(".", 1)[-1],
+        "inputs.names": str(list(inputs["names"])) if "names" in inputs else "",
+        "data": str(cfg.data.name),
+        "kfold.k": str(cfg.get("kfold", {}).get("k")),
+        "closure": closure_mode(cfg),
+    }
+    if cfg.get("trial") is not None:
+        params["trial"] = str(cfg.trial)
+    if alpha := float(cfg.get("transform", {}).get("alpha", 0.0) or 0.0):
+        params["transform.alpha"] = str(alpha)
+    if (initial := _hydra_choice("method@method.initial")) is not None:
+        params["method.initial"] = initial
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    params |= {k: v for k, v in _method_settings(method).items() if k not in params}
+    overrides = " ".join(_task_overrides())
+    if overrides:
+        params["overrides"] = overrides if len(overrides) <= MAX_OVERRIDES_PARAM else overrides[: MAX_OVERRIDES_PARAM - 3] + "..."
+    return {k: v for k, v in params.items() if v != ""}
+
+
 def _log_summary(tracker: Any, evaluation: Evaluation, run_name: str, cfg: DictConfig) -> None:
     """The run's summary table as ``summary.md`` and ``summary.csv`` (top level) and as the run's
     description (``mlflow.note.content``, rendered as markdown by the MLflow UI)."""
@@ -672,7 +741,6 @@ def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunRes
     prep = prepare(cfg, run_name)  # bad input stops here, before a store or run is touched
     mlruns = Path(str(cfg.tracking.mlruns_dir))
     ensure_store(mlruns, str(cfg.tracking.experiment))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {"method": name, "signal_frac": f"{cfg.signal_frac:g}", "seed": str(cfg.seed), "data": str(cfg.data.name)}
     tags |= dict(extra_tags or {})
     alpha = float(cfg.get("transform", {}).get("alpha", 0.0) or 0.0)
@@ -683,7 +751,7 @@ def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunRes
         tags["git_commit"] = commit
 
     with RunTracker(mlruns, str(cfg.tracking.experiment), run_name, parent_run_id=parent_run_id_for_job(), tags=tags) as tracker:
-        tracker.log_params(resolved)
+        tracker.log_params(_lean_params(cfg, name))
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         out = fit_and_evaluate(prep, log_metrics=tracker.log_metrics, set_tags=tracker.set_tags)
         metrics = out.metrics

@@ -251,7 +251,8 @@ class Evaluation:
         metrics: scalar metrics by key (NaN where not computable; see :func:`evaluate`).
         figures: figures by file name (``roc.png``, ``sic.png``, ``mjj_selections.png``,
             ``jet_scores.png`` and the statistics' figures); empty when plots are off.
-        curves: ``eps_s``, ``eps_b``, ``thresholds`` and ``sic`` arrays of the ROC curve (for ``np.savez``).
+        curves: ``eps_s``, ``eps_b``, ``thresholds`` and ``sic`` arrays of the ROC curve (for ``np.savez``),
+            and the same with suffix ``_sr`` in the signal region (when ``config.signal_region`` is set).
         table: summary rows: one per selection efficiency, then the statistics' rows.
         config: the configuration used.
         closure: the background-only closure verdict (None when it was not asked for).
@@ -454,8 +455,10 @@ def evaluate(
     metrics["max_sic"], metrics["max_sic/eff_s"] = m.max_sic(roc, config.min_background)
     if per_jet:
         metrics["jet_score_corr_bkg"] = m.pearson(test_scores.jet1[background], test_scores.jet2[background])
+    sr_curves: dict[str, np.ndarray] = {}
     if config.signal_region is not None:
-        metrics |= _signal_region_metrics(test, test_scores, signal, signal_scores, config)
+        sr_metrics, sr_curves = _signal_region_metrics(test, test_scores, signal, signal_scores, config)
+        metrics |= sr_metrics
     if per_jet:
         metrics |= _jet_mass_metrics(test, test_scores, signal, signal_scores)
 
@@ -480,7 +483,7 @@ def evaluate(
     metrics["n_roc_signal"] = float(roc.n_signal)
 
     sic = m.sic_curve(roc, config.min_background)
-    curves = {"eps_s": roc.eps_s, "eps_b": roc.eps_b, "thresholds": roc.thresholds, "sic": sic}
+    curves = {"eps_s": roc.eps_s, "eps_b": roc.eps_b, "thresholds": roc.thresholds, "sic": sic} | sr_curves
 
     figures: dict[str, Figure] = {}
     if config.plots != "none":
@@ -599,8 +602,10 @@ def _jet_mass_metrics(test: Events, test_scores: Scores, signal: Events, signal_
 
 def _signal_region_metrics(
     test: Events, test_scores: Scores, signal: Events, signal_scores: Scores, config: EvaluationConfig
-) -> dict[str, float]:
-    """Classifier metrics with background and signal both inside the m_jj signal region."""
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Classifier metrics with background and signal both inside the m_jj signal region, and the
+    curves (``eps_s_sr``, ``eps_b_sr``, ``thresholds_sr``, ``sic_sr``; paper 003's Fig. 2 is drawn
+    in the signal region)."""
     lo, hi = config.signal_region  # type: ignore[misc]
 
     def inside(events: Events) -> np.ndarray:
@@ -614,7 +619,8 @@ def _signal_region_metrics(
     for e in config.signal_efficiencies:
         out[f"inv_eps_b_sr/eff_s_{e:g}"] = m.rejection_at(roc, e)
     out["max_sic_sr"], _ = m.max_sic(roc, config.min_background)
-    return out
+    curves = {"eps_s_sr": roc.eps_s, "eps_b_sr": roc.eps_b, "thresholds_sr": roc.thresholds}
+    return out, curves | {"sic_sr": m.sic_curve(roc, config.min_background)}
 
 
 def _merge(evaluation: Evaluation, name: str, result: StatisticResult) -> None:
