@@ -34,9 +34,8 @@ from lhcad.report.table import comparison_table
 from lhcad.tracking import PARENT_RUN_ID_FILE, ensure_store, tracking_uri
 from train_helpers import all_runs, client, run_train
 
-CALLBACK = "+hydra.callbacks.comparison._target_=lhcad.report.ComparisonCallback"
 SWEEP = ["-m", "data=tiny", "progress=false", "method=ae,tnt,supervised", "signal_frac=0.09",
-         "method.train.epochs=4", "selection.plots=false", CALLBACK]  # fmt: skip
+         "method.train.epochs=4", "selection.plots=false"]  # fmt: skip
 OVERLAYS = {"overlay_roc_f0.09.png", "overlay_sic_f0.09.png", "overlay_z_f0.09.png", "overlay_jsd_f0.09.png"}
 #: what the issue asks the table to compare, by metric-name pattern (the run_evaluation names)
 COMPARED = re.compile(r"^(auc|auc_sr|max_sic|inv_eps_b/eff_s_[^/]+|jsd_mjj/eff_[^/]+|sig_[^/]+/(none|eff_[^/]+))$")
@@ -121,7 +120,7 @@ def test_sweep_name_from_swept_overrides() -> None:
     def config(task: list[str], **extra: object) -> object:
         return OmegaConf.create({"signal_frac": 0.09, "hydra": {"overrides": {"task": task}, **extra}})
 
-    assert sweep_name(config(["data=tiny", "method=ae,tnt,supervised", "signal_frac=0.09", CALLBACK])) == (
+    assert sweep_name(config(["data=tiny", "method=ae,tnt,supervised", "signal_frac=0.09"])) == (
         "method=ae,tnt,supervised f=0.09"
     )
     assert sweep_name(config(["method=ae", "seed=0,1,2", "signal_frac=0.01,0.09"])) == (
@@ -387,7 +386,7 @@ def test_mlflow_server_lists_the_comparison(server: str) -> None:
 @pytest.mark.timeout(900)
 def test_optuna_sweep_parent_gets_best_trial_and_plots(tmp_path: Path) -> None:
     run_train(tmp_path, "-m", "hparams_search=ae_optuna", "data=tiny", "hydra.sweeper.n_trials=2",
-              "method.train.epochs=2", "selection.plots=false", "closure=off", CALLBACK)  # fmt: skip
+              "method.train.epochs=2", "selection.plots=false", "closure=off")  # fmt: skip
     runs = all_runs(tmp_path)
     (parent,) = [r for r in runs if r.data.tags.get("lhcad.role") == "multirun-parent"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

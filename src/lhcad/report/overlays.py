@@ -152,37 +152,56 @@ def _save(fig: Figure, path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- figures
 
 
+def _curve_overlay(
+    rows: Sequence[ComparisonRow], series: Mapping[int, tuple[np.ndarray, str]], baseline: np.ndarray,
+    title: str, ylabel: str, path: Path, *, logy: bool,
+) -> Path | None:  # fmt: skip
+    """One curve per row against eps_S (``series``: row id -> (y on the common grid, legend note)),
+    the random classifier dashed; None when no row has a curve."""
+    if not series:
+        return None
+    labels = _labels(rows)
+    with _hep_style():
+        colors = _colors(rows)
+        fig = Figure(figsize=(13, 7), layout="constrained")
+        ax = fig.subplots()
+        ax.plot(_GRID, baseline, "k--", lw=1, label="random")
+        for row in rows:
+            if id(row) in series:
+                y, note = series[id(row)]
+                keep = np.isfinite(y)
+                ax.plot(_GRID[keep], y[keep], color=colors[id(row)], label=labels[id(row)] + note)
+        if logy:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(r"Signal efficiency $\epsilon_S$")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize="small")
+        _legend_outside(ax)
+        return _save(fig, path)
+
+
+def _note(row: ComparisonRow, key: str, what: str) -> str:
+    value = row.values.get(key)
+    return f" ({what} {value.text()})" if value is not None and value.n else ""
+
+
 def plot_roc(
     rows: Sequence[ComparisonRow], curves: Mapping[str, Mapping[str, np.ndarray]], signal_frac: str,
     path: Path, suffix: str = "",
 ) -> Path | None:  # fmt: skip
     """ROC overlay (1/eps_B against eps_S, seeds averaged); None when no row has curves."""
-    labels = _labels(rows)
+    series = {}
+    for row in rows:
+        eps_b = _mean_curve(row, curves, suffix, "eps_b")
+        if eps_b is not None:
+            inverse = np.divide(1.0, eps_b, out=np.full_like(eps_b, np.nan), where=eps_b > 0)
+            series[id(row)] = (inverse, _note(row, "auc" + suffix, "AUC"))
     where = " in the SR" if suffix == "_sr" else ""
-    with _hep_style():
-        colors = _colors(rows)
-        fig = Figure(figsize=(13, 7), layout="constrained")
-        ax = fig.subplots()
-        ax.plot(_GRID, 1.0 / _GRID, "k--", lw=1, label="random")
-        drawn = 0
-        for row in rows:
-            eps_b = _mean_curve(row, curves, suffix, "eps_b")
-            if eps_b is None:
-                continue
-            keep = eps_b > 0
-            auc = row.values.get("auc" + suffix)
-            auc_text = f" (AUC {auc.text()})" if auc is not None and auc.n else ""
-            ax.plot(_GRID[keep], 1.0 / eps_b[keep], color=colors[id(row)], label=labels[id(row)] + auc_text)
-            drawn += 1
-        if not drawn:
-            return None
-        ax.set_yscale("log")
-        ax.set_xlim(0, 1)
-        ax.set_xlabel(r"Signal efficiency $\epsilon_S$")
-        ax.set_ylabel(r"Background rejection $1/\epsilon_B$")
-        ax.set_title(_title(f"ROC{where}", signal_frac, rows), fontsize="small")
-        _legend_outside(ax)
-        return _save(fig, path)
+    title = _title(f"ROC{where}", signal_frac, rows)
+    return _curve_overlay(rows, series, 1.0 / _GRID, title, r"Background rejection $1/\epsilon_B$", path, logy=True)
 
 
 def plot_sic(
@@ -190,32 +209,14 @@ def plot_sic(
     path: Path, suffix: str = "",
 ) -> Path | None:  # fmt: skip
     """SIC overlay (eps_S / sqrt(eps_B) against eps_S, seeds averaged); None when no row has curves."""
-    labels = _labels(rows)
+    series = {}
+    for row in rows:
+        sic = _mean_curve(row, curves, suffix, "sic")
+        if sic is not None:
+            series[id(row)] = (sic, _note(row, "max_sic" + suffix, "max"))
     where = " in the SR" if suffix == "_sr" else ""
-    with _hep_style():
-        colors = _colors(rows)
-        fig = Figure(figsize=(13, 7), layout="constrained")
-        ax = fig.subplots()
-        ax.plot(_GRID, np.sqrt(_GRID), "k--", lw=1, label="random")
-        drawn = 0
-        for row in rows:
-            sic = _mean_curve(row, curves, suffix, "sic")
-            if sic is None:
-                continue
-            keep = np.isfinite(sic)
-            peak = row.values.get("max_sic" + suffix)
-            peak_text = f" (max {peak.text()})" if peak is not None and peak.n else ""
-            ax.plot(_GRID[keep], sic[keep], color=colors[id(row)], label=labels[id(row)] + peak_text)
-            drawn += 1
-        if not drawn:
-            return None
-        ax.set_xlim(0, 1)
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel(r"Signal efficiency $\epsilon_S$")
-        ax.set_ylabel(r"SIC $\epsilon_S/\epsilon_B^{1/2}$")
-        ax.set_title(_title(f"SIC{where}", signal_frac, rows), fontsize="small")
-        _legend_outside(ax)
-        return _save(fig, path)
+    title = _title(f"SIC{where}", signal_frac, rows)
+    return _curve_overlay(rows, series, np.sqrt(_GRID), title, r"SIC $\epsilon_S/\epsilon_B^{1/2}$", path, logy=False)
 
 
 def _errorbars(ax: Axes, row: ComparisonRow, columns: Sequence[MetricColumn], label: str, color: str) -> bool:
