@@ -43,8 +43,16 @@ def main() -> None:
     (Hydra's execution whitelist; callbacks and sweepers are built from config too)."""
     from hydra.utils import execution_whitelist
 
-    with execution_whitelist([*TRUSTED_TARGETS, *SWEEP_TARGETS]):
-        app()
+    from lhcad.tracking import Terminated
+    from lhcad.tracking.optuna_sweeper import register_sweeper
+
+    register_sweeper()  # hydra.sweeper._target_ of conf/hparams_search (Hydra finds no plugin outside hydra_plugins)
+    try:
+        with execution_whitelist([*TRUSTED_TARGETS, *SWEEP_TARGETS]):
+            app()
+    except Terminated as stop:  # SIGTERM during a run or sweep: its MLflow runs are marked KILLED
+        log.error("stopped by %s; the MLflow run is marked KILLED", stop.signal_name)
+        stop.exit()  # 128 + 15, no traceback
 
 
 if __name__ == "__main__":

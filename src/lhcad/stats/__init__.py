@@ -8,6 +8,13 @@
     b, sigma_b = dijet_prediction(fit, sr_bins)             # SR prediction +- fit uncertainty
     z = profile_likelihood_z(counts[sr_bins].sum(), b, sigma_b)
 
+A window scan over m_jj and its global significance (:mod:`lhcad.stats.scan`)::
+
+    scan = WindowScan.from_config(cfg.search.scan)           # conf/search/scan.yaml
+    result = scan.run(mjj, scores, labels)                   # scores: one array, or one per window
+    g = global_significance(result, toys=200, seed=0)        # g.p, g.z, g.trials_factor
+    fig = plot_local_z(result, g)
+
 The ``SearchStatistic`` classes (:class:`DijetBumpHunt`, :class:`CubicGaussianBumpHunt`,
 :class:`AbcdCount`) are listed in ``conf/search/default.yaml`` and run in every training run.
 """
@@ -30,6 +37,8 @@ from lhcad.stats.fits import (
     gaussian_bin_fractions,
     poisson_deviance,
 )
+from lhcad.stats.plots import plot_local_z
+from lhcad.stats.scan import BestWindow, GlobalResult, ScanResult, WindowScan, global_significance
 from lhcad.stats.search import AbcdCount, CubicGaussianBumpHunt, DijetBumpHunt, select_at_efficiency
 from lhcad.stats.significance import (
     abcd_significance,
@@ -44,9 +53,13 @@ __all__ = [
     "AbcdCount",
     "AbcdEstimate",
     "AbcdValidation",
+    "BestWindow",
     "BinnedFit",
     "CubicGaussianBumpHunt",
     "DijetBumpHunt",
+    "GlobalResult",
+    "ScanResult",
+    "WindowScan",
     "abcd_estimate",
     "abcd_significance",
     "abcd_validation",
@@ -56,9 +69,11 @@ __all__ = [
     "fit_cubic_gaussian",
     "fit_dijet",
     "gaussian_bin_fractions",
+    "global_significance",
     "jet_cuts_at_efficiency",
     "jet_thresholds_at_efficiency",
     "likelihood_ratio_z",
+    "plot_local_z",
     "poisson_deviance",
     "profile_likelihood_q0",
     "profile_likelihood_z",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -15,7 +16,10 @@ from matplotlib.figure import Figure
 from lhcad.evaluate.plots import _HepFigure, hep_style
 from lhcad.stats.fits import BinnedFit
 
-__all__ = ["plot_bump_fit", "plot_bump_fits"]
+if TYPE_CHECKING:
+    from lhcad.stats.scan import GlobalResult, ScanResult
+
+__all__ = ["plot_bump_fit", "plot_bump_fits", "plot_local_z"]
 
 
 def plot_bump_fit(
@@ -111,4 +115,41 @@ def plot_bump_fits(
             ax.set_xlabel(r"$m_{jj}$ [TeV]", fontsize=13)
         if title:
             fig.text(0.5, 1 - 0.55 / (4.5 * nrows + 0.8), title, ha="center", fontsize=14)
+    return fig
+
+
+def plot_local_z(result: ScanResult, global_result: GlobalResult | None = None, title: str = "") -> Figure:
+    """Local Z of a window scan against the window centre, one line per selection (``none``
+    dashed); the most significant point is starred and, with ``global_result``, the global Z and
+    trials factor are quoted."""
+    centres = result.centres / 1000.0
+    best = result.best
+    finite = result.local_z[np.isfinite(result.local_z)]
+    top = max(5.5, float(finite.max()) if finite.size else 0.0)
+    with hep_style():
+        fig = _HepFigure(figsize=(10, 7.5))  # a fixed layout: the constrained one is slow
+        fig.subplots_adjust(left=0.1, right=0.97, bottom=0.11, top=0.86)
+        ax = fig.subplots()
+        for s, key in enumerate(result.keys):
+            style = dict(color="k", ls="--") if key == "none" else dict(color=f"C{(s - 1) % 10}", ls="-")
+            ax.plot(centres, result.local_z[:, s], marker="o", ms=5, lw=1.5, label=key, **style)
+        for level in (3.0, 5.0):
+            ax.axhline(level, color="0.6", ls=":", lw=1)
+        lines = []
+        if best is not None:
+            ax.plot(best.window.centre / 1000.0, best.z, marker="*", ms=20, color="gold", mec="k", ls="none", zorder=5)
+            lo, hi = best.window.signal_region
+            lines.append(f"max local Z = {best.z:.2f} ({best.key}, SR {lo / 1000:.2f}-{hi / 1000:.2f} TeV)")
+        if global_result is not None:
+            g = global_result
+            if g.limited_by_toys:
+                lines.append(f"global Z $\\geq$ {g.z:.2f} (no background toy of {g.n_toys} reached it)")
+            else:
+                lines.append(f"global Z = {g.z:.2f} (p = {g.p:.2g}, trials factor {g.trials_factor:.3g}, {g.n_toys} toys)")
+        fig.text(0.1, 0.985, "\n".join([title, *lines] if title else lines), va="top", fontsize=14)
+        ax.set_ylim(0.0, 1.3 * top)
+        ax.set_xlim(centres[0] - 0.1, centres[-1] + 0.1)
+        ax.set_xlabel(r"signal-region centre $m_{jj}$ [TeV]")
+        ax.set_ylabel("local Z")
+        ax.legend(loc="upper right", fontsize="x-small", ncol=3)
     return fig

@@ -2,17 +2,27 @@
 
 The package has three modules:
 
-- :mod:`lhcad.tracking.store`: tracking URI, store and experiment creation (file-locked), the client;
+- :mod:`lhcad.tracking.store`: tracking URI, store and experiment creation (file-locked), the client,
+  and :func:`mark_orphaned_runs` (runs left RUNNING by a dead process of this host -> FAILED);
 - :mod:`lhcad.tracking.run`: :class:`RunTracker` (one run's lifecycle and status, params, metrics,
-  tags, artifacts), :func:`flatten_config`, :func:`git_commit`;
+  tags, artifacts; SIGTERM -> :class:`Terminated` -> KILLED), :func:`flatten_config`, :func:`git_commit`;
 - :mod:`lhcad.tracking.multirun`: :class:`MultirunParentRun` (Hydra callback: one parent run per
   sweep) and :func:`parent_run_id_for_job`.
+
+How a run ends: FINISHED; FAILED on an exception (tag ``error``, ``error.txt``); KILLED on Ctrl-C
+or SIGTERM (tag ``killed_by=SIGTERM``); after SIGKILL (or the OOM killer) it stays RUNNING until
+the next start against the store on that host marks it FAILED with ``error=orphaned``.
 
 Layout of a tracking directory::
 
     <mlruns_dir>/mlflow.db      sqlite backend store (absolute ``sqlite:////...`` URI)
     <mlruns_dir>/artifacts/     artifact root of every experiment created here
     <mlruns_dir>/.store.lock    file lock serialising store creation across processes
+
+``tracking.uri`` replaces the sqlite store by PostgreSQL (``postgresql://...``) or an MLflow
+tracking server (``http://host:port``) for every run, sweep and job of a process
+(:class:`~lhcad.tracking.store.TrackingStoreCallback`, :func:`~lhcad.tracking.store.configure_store`);
+artifacts then go to ``tracking.artifact_root`` (docs/cluster.md).
 
 ``mlflow`` is imported lazily (it takes seconds); importing this package does not import it.
 Everything goes through an explicit ``MlflowClient(tracking_uri=...)``, so nothing depends on
@@ -26,19 +36,45 @@ Typical use inside a Hydra job::
         run.log_metrics({"val_loss": 0.3}, step=epoch)
 """
 
-from lhcad.tracking.multirun import PARENT_RUN_ID_FILE, MultirunParentRun, parent_run_id_for_job
-from lhcad.tracking.run import MAX_PARAM_LENGTH, TRUNCATION_MARKER, RunTracker, flatten_config, git_commit
-from lhcad.tracking.store import ensure_store, tracking_uri, ui_command
+from lhcad.tracking.multirun import (
+    PARENT_RUN_ID_FILE,
+    MultirunParentRun,
+    SweepDirInUse,
+    parent_run_id_for_job,
+)
+from lhcad.tracking.run import (
+    MAX_PARAM_LENGTH,
+    TRUNCATION_MARKER,
+    RunTracker,
+    Terminated,
+    flatten_config,
+    git_commit,
+)
+from lhcad.tracking.store import (
+    ORPHANED,
+    TrackingStoreCallback,
+    configure_store,
+    ensure_store,
+    mark_orphaned_runs,
+    tracking_uri,
+    ui_command,
+)
 
 __all__ = [
     "MAX_PARAM_LENGTH",
+    "ORPHANED",
     "PARENT_RUN_ID_FILE",
     "TRUNCATION_MARKER",
     "MultirunParentRun",
     "RunTracker",
+    "SweepDirInUse",
+    "Terminated",
+    "TrackingStoreCallback",
+    "configure_store",
     "ensure_store",
     "flatten_config",
     "git_commit",
+    "mark_orphaned_runs",
     "parent_run_id_for_job",
     "tracking_uri",
     "ui_command",

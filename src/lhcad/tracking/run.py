@@ -1,5 +1,8 @@
 """One MLflow run: :class:`RunTracker` (lifecycle, run status, logging of params, metrics, tags
-and artifacts), config flattening for params, and provenance tags (git commit, host, user).
+and artifacts), config flattening for params, and provenance tags (git commit, host, pid, user).
+
+While a run is active, SIGTERM (``kill``, SLURM, ``docker stop``) raises :class:`Terminated` in the
+main thread, a KeyboardInterrupt: the run ends KILLED with the signal as its reason, like Ctrl-C.
 
 ``mlflow`` is imported lazily (it takes seconds); importing this module does not import it.
 """
@@ -12,24 +15,44 @@ import logging
 import math
 import os
 import re
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from lhcad.tracking.store import _abs_dir, _client, ensure_store, tracking_uri
+from lhcad.tracking.store import (
+    PARENT_ROLE,
+    ROLE_TAG,
+    _abs_dir,
+    _client,
+    ensure_store,
+    process_tags,
+    refresh_child_counts,
+    tracking_uri,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from mlflow.tracking import MlflowClient
 
-__all__ = ["MAX_PARAM_LENGTH", "TRUNCATION_MARKER", "RunTracker", "flatten_config", "git_commit"]
+__all__ = [
+    "MAX_PARAM_LENGTH",
+    "TRUNCATION_MARKER",
+    "RunTracker",
+    "Terminated",
+    "flatten_config",
+    "current_sweep_dir",
+    "git_commit",
+    "install_sigterm_handler",
+    "restore_sigterm_handler",
+]
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +162,7 @@ def _default_tags() -> dict[str, str]:
     tags = {
         "mlflow.source.type": "LOCAL",
         "mlflow.source.name": Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python",
-        "lhcad.host": socket.gethostname(),
-        "lhcad.pid": str(os.getpid()),
+        **process_tags(),  # lhcad.host, lhcad.pid, lhcad.proc_start: who owns the run (orphan check)
     }
     with contextlib.suppress(Exception):
         tags["mlflow.user"] = getpass.getuser()
@@ -187,7 +209,202 @@ def _exit_status(exc: BaseException | None) -> str:
         return "FINISHED" if exc.code in (None, 0) else "FAILED"
     if isinstance(exc, Exception):
         return "FAILED"
-    return "KILLED"  # KeyboardInterrupt and other BaseExceptions
+    return "KILLED"  # KeyboardInterrupt (Terminated included) and other BaseExceptions
+
+
+def _record_error(
+    client: MlflowClient,
+    run_id: str,
+    exc_type: type[BaseException] | None,
+    exc: BaseException,
+    tb: TracebackType | None,
+) -> None:
+    """Tag ``error`` (one line; ``killed_by`` for a signal) and log the traceback as ``error.txt``."""
+    try:
+        message = " ".join(traceback.format_exception_only(exc_type, exc)[-1].split())
+        tags = {"error": _truncate(message, _MAX_ERROR_TAG_LENGTH)}
+        if isinstance(exc, Terminated):
+            tags["killed_by"] = exc.signal_name
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        client.log_text(run_id, "".join(traceback.format_exception(exc_type, exc, tb)), "error.txt")
+    except Exception:
+        log.exception("could not record the error of run %s", run_id)
+
+
+# --------------------------------------------------------------------------------------------
+# SIGTERM -> Terminated while a run is active
+# --------------------------------------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM arrives during a run (:func:`install_sigterm_handler`).
+
+    A KeyboardInterrupt, so everything that cleans up after Ctrl-C (RunTracker: run KILLED,
+    Optuna: trial FAIL, joblib: workers stopped) does so after ``kill`` / SLURM / ``docker stop``.
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        self.signum = int(signum)
+        super().__init__(f"terminated by {self.signal_name}")
+
+    def __reduce__(self) -> tuple[type[Terminated], tuple[int]]:  # pickled across joblib workers
+        return type(self), (self.signum,)
+
+    @property
+    def signal_name(self) -> str:
+        """``"SIGTERM"``."""
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    def exit(self) -> NoReturn:
+        """End the process with the conventional status of this signal, 128 + signum (143)."""
+        raise SystemExit(128 + self.signum)
+
+
+# pid: the process that installed the handler; raised: Terminated was raised (repeats are ignored
+# while the runs close); defer: a run is being opened or closed (the signal waits in `pending`)
+# previous_hook: sys.unraisablehook before the handler was installed
+_sigterm_state: dict[str, Any] = {
+    "pid": None, "raised": False, "defer": False, "pending": None, "previous_hook": None
+}
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Raise :class:`Terminated` once; held back while a run is opened or closed."""
+    if os.getpid() != _sigterm_state["pid"]:  # a forked child inherited the handler: default action
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if _sigterm_state["raised"]:
+        return
+    if _sigterm_state["defer"]:
+        _sigterm_state["pending"] = signum
+        return
+    _sigterm_state["raised"] = True
+    raise Terminated(signum)
+
+
+def _unraisable_hook(unraisable: Any) -> None:
+    """``sys.unraisablehook`` while the handler is installed: a :class:`Terminated` raised inside a
+    finalizer or weakref callback (where Python drops exceptions) is signalled again shortly, to
+    land in the code the run executes; anything else goes to the previous hook."""
+    if isinstance(unraisable.exc_value, Terminated) and os.getpid() == _sigterm_state["pid"]:
+        _sigterm_state["raised"] = False
+        signum = unraisable.exc_value.signum
+        timer = threading.Timer(0.05, lambda: os.kill(os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+        return
+    (_sigterm_state["previous_hook"] or sys.__unraisablehook__)(unraisable)
+
+
+@contextlib.contextmanager
+def _sigterm_deferred() -> Iterator[None]:
+    """SIGTERM within the block is held back (a run's status is being written); see
+    :func:`_take_pending` for its delivery."""
+    outer = _sigterm_state["defer"]
+    _sigterm_state["defer"] = True
+    try:
+        yield
+    finally:
+        _sigterm_state["defer"] = outer
+
+
+def _take_pending() -> Terminated | None:
+    """The SIGTERM held back by :func:`_sigterm_deferred`, once outside every deferred block."""
+    signum = _sigterm_state["pending"]
+    if signum is None or _sigterm_state["defer"]:
+        return None
+    _sigterm_state["pending"] = None
+    if _sigterm_state["raised"]:
+        return None
+    _sigterm_state["raised"] = True
+    return Terminated(signum)
+
+
+def _deliver_pending(exc: BaseException | None) -> None:
+    """After a run was closed (and the handler restored): act on a SIGTERM held back meanwhile.
+
+    An outer run or sweep still has the handler: raise :class:`Terminated` to stop it too.
+    Otherwise hand the signal to the restored handler (the default ends the process).
+    """
+    stop = _take_pending()
+    if stop is None or isinstance(exc, KeyboardInterrupt):  # already stopping
+        return
+    if signal.getsignal(stop.signum) is _on_sigterm:
+        raise stop
+    os.kill(os.getpid(), stop.signum)
+
+
+def install_sigterm_handler() -> Any:
+    """Make SIGTERM raise :class:`Terminated`; returns the token for :func:`restore_sigterm_handler`.
+
+    Only in the main thread, and only over the default action: an ignored SIGTERM (``SIG_IGN``)
+    and other handlers (e.g. a cluster launcher's) are left alone. Nested calls share one handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is _on_sigterm:
+        return None  # an outer run or sweep installed it and restores it
+    if previous is not signal.SIG_DFL:
+        log.debug("SIGTERM has a handler (%r): not installing lhcad's", previous)
+        return None
+    _sigterm_state.update(pid=os.getpid(), raised=False, pending=None, previous_hook=sys.unraisablehook)
+    sys.unraisablehook = _unraisable_hook
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return previous
+
+
+def restore_sigterm_handler(token: Any) -> None:
+    """Put back the handler replaced by :func:`install_sigterm_handler` (``token``: its return)."""
+    if token is None or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, token)
+    if sys.unraisablehook is _unraisable_hook:
+        sys.unraisablehook = _sigterm_state["previous_hook"] or sys.__unraisablehook__
+
+
+def current_sweep_dir() -> Path | None:
+    """Absolute sweep directory of the current Hydra multirun job (None outside a multirun)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(str(hc.sweep.dir))
+    if not sweep_dir.is_absolute():
+        sweep_dir = Path(hc.runtime.cwd) / sweep_dir
+    return sweep_dir
+
+
+def _refused_parent(client: MlflowClient, parent_run_id: str) -> str | None:
+    """Why a job must not be nested under ``parent_run_id`` (None: it may).
+
+    A multirun parent must still be RUNNING and belong to this job's sweep folder: a stale or
+    foreign parent-run-id file in the sweep folder must not put the job under another sweep.
+    """
+    try:
+        parent = client.get_run(parent_run_id)
+    except Exception as err:
+        return f"no such run in this store ({type(err).__name__})"
+    if parent.data.tags.get(ROLE_TAG) != PARENT_ROLE:
+        return None
+    if parent.info.status != "RUNNING":
+        return f"its sweep has ended ({parent.info.status})"
+    mine, theirs = current_sweep_dir(), parent.data.tags.get("lhcad.sweep_dir")
+    if mine is not None and theirs and Path(theirs) != mine:
+        return f"it is the parent of sweep {theirs}, this job belongs to {mine}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,11 +415,14 @@ def _exit_status(exc: BaseException | None) -> str:
 class RunTracker:
     """Context manager around one MLflow run in the store at ``mlruns_dir``.
 
-    On entry the store and experiment are ensured and a run is created (with provenance tags,
-    ``mlflow.parentRunId`` when ``parent_run_id`` is given, and ``tags``). On exit the run is
+    On entry the store and experiment are ensured (runs orphaned by dead processes of this host
+    are marked FAILED) and a run is created (with provenance tags, ``mlflow.parentRunId`` when
+    ``parent_run_id`` is given and the parent is valid, and ``tags``). On exit the run is
     FINISHED on success, FAILED on an exception (with an ``error`` tag and an ``error.txt``
-    traceback artifact) and KILLED on KeyboardInterrupt; exceptions are never swallowed.
-    An instance may be entered again after it exited: each ``with`` block is a new run.
+    traceback artifact) and KILLED on KeyboardInterrupt and on SIGTERM (:class:`Terminated`,
+    tag ``killed_by``); exceptions are never swallowed. While the run is active SIGTERM raises
+    :class:`Terminated` (main thread; the previous handler is restored on exit). An instance
+    may be entered again after it exited: each ``with`` block is a new run.
     """
 
     def __init__(
@@ -225,25 +445,49 @@ class RunTracker:
         self._run_id: str | None = None
         self._artifact_uri: str | None = None
         self._active = False
+        self._sigterm_token: Any = None
+        self._nested_under: str | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> RunTracker:
         if self._active:
             raise RuntimeError(f"run {self._run_id} is still active; RunTracker is not re-entrant")
+        self._sigterm_token = install_sigterm_handler()  # before the run exists: no RUNNING leftover
+        try:
+            with _sigterm_deferred():  # a SIGTERM now waits until the run exists, then ends it
+                self._open()
+        except BaseException as err:
+            restore_sigterm_handler(self._sigterm_token)
+            self._sigterm_token = None
+            _deliver_pending(err)
+            raise
+        log.info("MLflow run %s (%s) in experiment %r", self._run_id, self.run_name, self.experiment)
+        stop = _take_pending()
+        if stop is not None:
+            self.__exit__(Terminated, stop, None)
+            raise stop
+        return self
+
+    def _open(self) -> None:
+        """Ensure the store, check the parent and create the run."""
         self.uri, self.experiment_id = ensure_store(self.mlruns_dir, self.experiment)
         self._client = _client(self.uri)
         tags = _default_tags()
+        self._nested_under = None
         if self.parent_run_id:
-            tags["mlflow.parentRunId"] = self.parent_run_id
+            refused = _refused_parent(self._client, self.parent_run_id)
+            if refused is None:
+                tags["mlflow.parentRunId"] = self._nested_under = self.parent_run_id
+            else:
+                log.warning("not nesting the run under parent run %s: %s", self.parent_run_id, refused)
+                tags["lhcad.parent_refused"] = _truncate(f"{self.parent_run_id}: {refused}", _MAX_TAG_LENGTH)
         tags.update(_str_tags(self.tags))
         run = self._client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
         self._run_id = run.info.run_id
         self._artifact_uri = run.info.artifact_uri
         self.run_name = run.info.run_name
         self._active = True
-        log.info("MLflow run %s (%s) in experiment %r", self._run_id, self.run_name, self.experiment)
-        return self
 
     def __exit__(
         self,
@@ -254,16 +498,26 @@ class RunTracker:
         if not self._active:
             return False
         self._active = False
+        try:
+            with _sigterm_deferred():  # a SIGTERM now waits until the status is written
+                self._close(exc_type, exc, tb)
+        finally:
+            restore_sigterm_handler(self._sigterm_token)
+            self._sigterm_token = None
+        _deliver_pending(exc)
+        return False
+
+    def _close(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Record the error (if any), set the final status and recount the parent's children."""
         status = _exit_status(exc)
         client, run_id = self.client, self.run_id
         if exc is not None and status != "FINISHED":
-            try:
-                message = " ".join(traceback.format_exception_only(exc_type, exc)[-1].split())
-                client.set_tag(run_id, "error", _truncate(message, _MAX_ERROR_TAG_LENGTH))
-                text = "".join(traceback.format_exception(exc_type, exc, tb))
-                client.log_text(run_id, text, "error.txt")
-            except Exception:
-                log.exception("could not record the error of run %s", run_id)
+            _record_error(client, run_id, exc_type, exc, tb)
         if exc is None:
             _terminate(client, run_id, status)
         else:
@@ -271,8 +525,15 @@ class RunTracker:
                 _terminate(client, run_id, status)
             except Exception:  # never mask the original exception
                 log.exception("could not mark run %s %s", run_id, status)
-        log.info("MLflow run %s %s", run_id, status)
-        return False
+        if isinstance(exc, Terminated):
+            log.warning("MLflow run %s %s (%s)", run_id, status, exc)
+        else:
+            log.info("MLflow run %s %s", run_id, status)
+        if self._nested_under:
+            try:  # a child that ends after its sweep (e.g. on another host) keeps the counts right
+                refresh_child_counts(client, self._nested_under)
+            except Exception:
+                log.debug("could not recount the children of run %s", self._nested_under, exc_info=True)
 
     # ---- properties ------------------------------------------------------------------------
 
