@@ -30,6 +30,7 @@ from lhcad.inputs import InputRepresentation, JetFeatures, check_inputs_availabl
 from lhcad.kfold import fold_indices, merge_scores, to_fold_percentiles
 from lhcad.methods.base import FitContext, Method
 from lhcad.scores import Scores
+from lhcad.stats import WindowScan, plot_local_z
 
 if TYPE_CHECKING:
     from lhcad.data.generation_config import GenerationConfig
@@ -454,6 +455,8 @@ def _preflight_config(cfg: DictConfig) -> EvaluationConfig:
     """Config checks that need no data, beyond :func:`lhcad.config.validate`: the selection's
     working points (one sentence each, before anything is loaded or trained)."""
     validate(cfg)
+    if cfg.search.get("scan") is not None:
+        _window_scan_config(cfg)
     try:
         return _eval_config(cfg.selection, cfg.search)
     except (TypeError, ValueError) as err:  # messages start with the key (signal_region is search's)
@@ -614,30 +617,10 @@ def fit_and_evaluate(
         len(folds[0].signal), prep.device,
     )  # fmt: skip
 
-    seconds = {"load": prep.load_seconds, "fit": 0.0, "score": 0.0}
-    methods, test_parts, signal_parts, val_aucs = [], [], [], []
-    for i, fold in enumerate(folds):
-        method = prep.method if i == 0 else build(cfg.method, inputs=prep.inputs)
-        ctx = FitContext(
-            device=prep.device, seed=int(cfg.seed) + i, samples={s: prep.data[s] for s in method.samples},
-            spare_background=prep.spare if method.needs_spare_background else None,
-            log_metrics=record, progress=bool(cfg.progress),
-        )  # fmt: skip
-        t_fit = time.perf_counter()
-        method.fit(fold.parts, ctx)
-        seconds["fit"] += time.perf_counter() - t_fit
-        t_score = time.perf_counter()
-        test_scores, signal_scores = method.score(fold.test), method.score(fold.signal)
-        if len(folds) > 1:
-            reference = test_scores
-            test_scores = to_fold_percentiles(test_scores, reference)
-            signal_scores = to_fold_percentiles(signal_scores, reference)
-        seconds["score"] += time.perf_counter() - t_score
-        if fold.val is not None and len(fold.val):
-            val_aucs.append(_val_auc(method.score(fold.val), fold.val.labels))
-        methods.append(method)
-        test_parts.append(test_scores)
-        signal_parts.append(signal_scores)
+    seconds = {"load": prep.load_seconds}
+    fitted = _fit_folds(prep, prep.cfg.method, record, first=prep.method)
+    methods, test_parts, signal_parts, val_aucs = fitted.methods, fitted.test, fitted.signal, fitted.val_aucs
+    seconds |= fitted.seconds
 
     test, unused_signal = prep.test, prep.unused_signal
     test_scores, signal_scores = merge_scores(test_parts), merge_scores(signal_parts)
@@ -659,6 +642,10 @@ def fit_and_evaluate(
     metrics["val_loss"] = float(np.mean([m.val_loss for m in methods]))
     if val_aucs:
         metrics["val_auc"] = float(np.mean(val_aucs))
+    if cfg.search.get("scan") is not None:
+        t_scan = time.perf_counter()
+        metrics |= _window_scan(prep, first.window_dependent, test, test_scores, evaluation, record)
+        seconds["scan"] = time.perf_counter() - t_scan
     seconds |= {"evaluate" if k == "metrics" else k: v for k, v in evaluation.seconds.items()}
     metrics |= {f"time/{phase}_s": value for phase, value in seconds.items()}
     metrics["time/total_s"] = time.perf_counter() - prep.t_start
@@ -667,6 +654,104 @@ def fit_and_evaluate(
         first, {**reported, **metrics}, stages, evaluation, test, test_scores, signal_scores,
         reported=frozenset(set(reported) - set(metrics)), fold_methods=methods,
     )  # fmt: skip
+
+
+def _window_scan_config(cfg: DictConfig) -> WindowScan:
+    """The ``search.scan`` block as a :class:`lhcad.stats.WindowScan` (ConfigError when it is wrong)."""
+    try:
+        return WindowScan.from_config(OmegaConf.to_container(cfg.search.scan, resolve=True))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"search.scan: {err}") from None
+
+
+def _window_scan(
+    prep: PreparedRun, window_dependent: bool, test: Events, test_scores: Scores, evaluation: Evaluation, record: Any
+) -> dict[str, float]:
+    """``search=scan``: the dijet bump hunt in every m_jj window of ``search.scan`` at every
+    efficiency, local Z logged per window with step = the window's centre in GeV, then the global
+    significance of the best (window, selection) from background-only pseudo-experiments.
+
+    A window-independent method's test scores serve every window; a window-dependent one
+    (:attr:`lhcad.methods.base.Method.window_dependent`) is retrained per window on the same folds,
+    ``search.scan_jobs`` windows at a time (joblib processes).
+    """
+    cfg = prep.cfg
+    scan = _window_scan_config(cfg)
+    scores: Any = test_scores
+    if window_dependent:
+        jobs = int(cfg.search.get("scan_jobs", 1) or 1)
+        if jobs > 1:
+            from joblib import Parallel, delayed
+
+            scores = Parallel(n_jobs=jobs)(delayed(_window_scores)(prep, w) for w in scan.windows)
+        else:
+            scores = [_window_scores(prep, w) for w in scan.windows]
+    result = scan.run(np.asarray(test["mjj"], np.float64), scores, labels=np.asarray(test.labels))
+    significance = scan.global_significance(result)
+    for step, row in result.metrics_by_window():
+        record(row, step)
+    if prep.eval_config.plots != "none":
+        evaluation.figures["scan_local_z.png"] = plot_local_z(result, significance)
+    best = result.best
+    if best is not None:
+        log.info(
+            "window scan: best local Z %.2f in %.0f-%.0f GeV at %s; global Z %.2f (p %.3g, trials factor %.3g, %d toys)",
+            best.z, *best.window.signal_region, best.key, significance.z, significance.p, significance.trials_factor,
+            significance.n_toys,
+        )  # fmt: skip
+    return result.metrics() | significance.metrics()
+
+
+def _window_scores(prep: PreparedRun, window: Any) -> Scores:
+    """A window-dependent method retrained with ``window`` as its signal region and sidebands, its
+    merged test scores."""
+    cfg = copy.deepcopy(prep.cfg)
+    with open_dict(cfg):
+        cfg.search.signal_region = list(window.signal_region)
+        cfg.search.sidebands = [list(window.sideband_low), list(window.sideband_high)]
+    return merge_scores(_fit_folds(prep, cfg.method).test)
+
+
+@dataclass
+class _Fitted:
+    """The method fitted on every fold: the models, each fold's scores of its test events and of
+    its held-out signal (fold percentiles with k-fold), the val AUCs and the seconds spent."""
+
+    methods: list[Method]
+    test: list[Scores]
+    signal: list[Scores]
+    val_aucs: list[float]
+    seconds: dict[str, float]
+
+
+def _fit_folds(prep: PreparedRun, method_cfg: Any, record: Any = _no_metrics, first: Method | None = None) -> _Fitted:
+    """Build (``first`` for fold 0 if given), fit and score the method of ``method_cfg`` on every
+    fold of ``prep``; with k-fold each fold's scores are mapped to that fold model's percentiles."""
+    cfg, folds = prep.cfg, prep.folds
+    out = _Fitted([], [], [], [], {"fit": 0.0, "score": 0.0})
+    for i, fold in enumerate(folds):
+        method = first if (i == 0 and first is not None) else build(method_cfg, inputs=prep.inputs)
+        ctx = FitContext(
+            device=prep.device, seed=int(cfg.seed) + i, samples={s: prep.data[s] for s in method.samples},
+            spare_background=prep.spare if method.needs_spare_background else None,
+            log_metrics=record, progress=bool(cfg.progress),
+        )  # fmt: skip
+        t_fit = time.perf_counter()
+        method.fit(fold.parts, ctx)
+        out.seconds["fit"] += time.perf_counter() - t_fit
+        t_score = time.perf_counter()
+        test_scores, signal_scores = method.score(fold.test), method.score(fold.signal)
+        if len(folds) > 1:
+            reference = test_scores
+            test_scores = to_fold_percentiles(test_scores, reference)
+            signal_scores = to_fold_percentiles(signal_scores, reference)
+        out.seconds["score"] += time.perf_counter() - t_score
+        if fold.val is not None and len(fold.val):
+            out.val_aucs.append(_val_auc(method.score(fold.val), fold.val.labels))
+        out.methods.append(method)
+        out.test.append(test_scores)
+        out.signal.append(signal_scores)
+    return out
 
 
 def _fold_metrics(folds: Sequence[Fold], test_parts: Sequence[Scores], signal_parts: Sequence[Scores]) -> dict[str, float]:

@@ -700,6 +700,10 @@ class _BatchFitter:
                 break
             nn, th = n[idx], theta[idx]
             mu, _, grad, hess = self._derivatives(nn, th)
+            bad = ~(np.isfinite(hess).all(axis=(1, 2)) & np.isfinite(grad).all(axis=1))
+            if bad.any():  # overflowed: stop those (not converged: refitted with Minuit)
+                active[idx[bad]] = False
+                continue
             dev = self._deviance(nn, mu)
             # Newton step on |eigenvalues| (a descent direction even off the convex region)
             evals, evecs = np.linalg.eigh(hess)
