@@ -53,6 +53,9 @@ def main() -> None:
     except Terminated as stop:  # SIGTERM during a run or sweep: its MLflow runs are marked KILLED
         log.error("stopped by %s; the MLflow run is marked KILLED", stop.signal_name)
         stop.exit()  # 128 + 15, no traceback
+    except KeyboardInterrupt:  # Ctrl-C: the same, with the shell's code for SIGINT
+        log.error("interrupted (Ctrl-C); a running MLflow run is marked KILLED")
+        sys.exit(128 + 2)
 
 
 if __name__ == "__main__":
