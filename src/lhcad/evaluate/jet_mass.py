@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -22,6 +23,8 @@ from lhcad.evaluate.selection import select_efficiency, threshold_at_efficiency
 from lhcad.scores import Scores
 
 __all__ = ["JES_CLASSES", "JesNuisance", "jet_mass_metrics", "jet_mass_sculpting", "nuisance_aucs"]
+
+logger = logging.getLogger(__name__)
 
 #: nuisance class name -> JES direction
 JES_CLASSES = {"up": 1, "nominal": 0, "down": -1}
@@ -99,5 +102,9 @@ class JesNuisance:
         self.shift = float(shift)
 
     def __call__(self, score: Callable[[Events], Scores], test: Events, signal: Events) -> dict[str, float]:
-        """``auc_nuisance/{up,nominal,down,spread}`` of ``score`` on ``test``'s background and ``signal``."""
+        """``auc_nuisance/{up,nominal,down,spread}`` of ``score`` on ``test``'s background and
+        ``signal``; NaN, with the reason logged, without truth labels or held-out signal."""
+        if "label" not in test or not np.any(np.asarray(test.labels) == 0) or len(signal) == 0:
+            logger.warning("jes_nuisance probe skipped: no labelled test background or no held-out signal")
+            return {f"auc_nuisance/{name}": float("nan") for name in (*JES_CLASSES, "spread")}
         return nuisance_aucs(score, test, signal, self.shift)

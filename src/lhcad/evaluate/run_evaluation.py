@@ -591,7 +591,7 @@ def _jet_mass_metrics(test: Events, test_scores: Scores, signal: Events, signal_
     reason = ""
     if not all(f"j{j}_m" in test and f"j{j}_m" in signal for j in (1, 2)):
         reason = "the events carry no jet masses"
-    elif not np.any(np.asarray(test.labels) == 0) or len(signal) == 0:
+    elif "label" not in test or not np.any(np.asarray(test.labels) == 0) or len(signal) == 0:
         reason = "no test background or no held-out signal"
     if reason:
         logger.warning("jsd_mjet skipped: %s", reason)
