@@ -21,7 +21,7 @@ SERVER_PORT      ?= 5000
 SERVER_BACKEND   ?= postgresql://lhcad@127.0.0.1:5432/lhcad_mlflow
 SERVER_ARTIFACTS ?= $(CURDIR)/mlruns/server-artifacts
 
-.PHONY: setup test test-fast test-ci test-cluster services server run data fixture bench bench-cluster clean-venv
+.PHONY: setup test test-fast test-ci test-cluster services server run data fixture bench bench-cluster clean-venv ui
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,3 +82,7 @@ bench-cluster: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The MLflow UI on this checkout's store (one worker), at http://127.0.0.1:5000
+ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --port 5000 --workers 1

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -359,7 +360,7 @@ def _lean_params(cfg: DictConfig, name: str) -> dict[str, str]:
         params["method.initial"] = initial
     method = OmegaConf.to_container(cfg.method, resolve=True)
     params |= {k: v for k, v in _method_settings(method).items() if k not in params}
-    overrides = " ".join(_task_overrides())
+    overrides = re.sub(r"://([^:/@\s]+):[^@\s]*@", r"://\1:***@", " ".join(_task_overrides()))  # no passwords
     if overrides:
         params["overrides"] = overrides if len(overrides) <= MAX_OVERRIDES_PARAM else overrides[: MAX_OVERRIDES_PARAM - 3] + "..."
     return {k: v for k, v in params.items() if v != ""}
@@ -825,7 +826,7 @@ def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunRes
     run_name = _run_name(cfg)
     prep = prepare(cfg, run_name)  # bad input stops here, before a store or run is touched
     mlruns = Path(str(cfg.tracking.mlruns_dir))
-    ensure_store(mlruns, str(cfg.tracking.experiment))
+    _, experiment_id = ensure_store(mlruns, str(cfg.tracking.experiment))
     tags = {"method": name, "signal_frac": f"{cfg.signal_frac:g}", "seed": str(cfg.seed), "data": str(cfg.data.name)}
     tags |= dict(extra_tags or {})
     alpha = float(cfg.get("transform", {}).get("alpha", 0.0) or 0.0)
@@ -868,5 +869,5 @@ def _run(cfg: DictConfig, extra_tags: Mapping[str, Any] | None = None) -> RunRes
         run_id = tracker.run_id
 
     log.info("%s finished in %.0f s\n%s", run_name, metrics["time/total_s"], "\n".join(summary))
-    log.info("MLflow run %s; browse with: %s", run_id, ui_command(mlruns))
+    log.info("MLflow run %s; browse with: %s", run_id, ui_command(mlruns, experiment_id))
     return RunResult(metrics=metrics, run_id=run_id, objective=objective, summary=summary)

@@ -30,6 +30,7 @@ import logging
 import os
 import shlex
 import socket
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -173,13 +174,23 @@ def artifact_location(mlruns_dir: str | os.PathLike[str]) -> str | None:
     return str(_abs_dir(mlruns_dir) / _ARTIFACTS_DIR)
 
 
-def ui_command(mlruns_dir: str | os.PathLike[str]) -> str:
-    """Shell command that opens the MLflow UI on the store in ``mlruns_dir`` (for a tracking
-    server: its address; passwords are not shown)."""
+UI_PORT = 5000
+
+
+def ui_command(mlruns_dir: str | os.PathLike[str], experiment_id: str | None = None) -> str:
+    """Shell command that opens the MLflow UI on the store in ``mlruns_dir``, runnable from a fresh
+    shell (this interpreter's ``mlflow``, one worker), followed by the URL of the runs table in
+    "Model training" mode (for a tracking server: its address; passwords are not shown)."""
     uri = tracking_uri(mlruns_dir)
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning" if experiment_id else ""
     if is_server_uri(uri):
-        return uri
-    return f"mlflow ui --backend-store-uri {shlex.quote(redact_uri(uri))}"
+        return f"{uri.rstrip('/')}/{page}"
+    mlflow = Path(sys.executable).with_name("mlflow")
+    exe = str(mlflow) if mlflow.is_file() else "mlflow"
+    return (
+        f"{shlex.quote(exe)} ui --backend-store-uri {shlex.quote(redact_uri(uri))} --port {UI_PORT} --workers 1"
+        f"  then open http://127.0.0.1:{UI_PORT}/{page}"
+    )
 
 
 class TrackingStoreCallback(Callback):
