@@ -18,6 +18,7 @@ three signals is covered by tests/test_generate_kill.py (shards, workers, resume
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,18 +55,20 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+_RUN_LINE = re.compile(r"MLflow run (\w+) \(.*\) in experiment")
+
+
 def _wait_training(cwd: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    """Until a run is RUNNING and its config is logged (training has started)."""
+    """Until a run is RUNNING and its config is logged (training has started). The store is read
+    only once train.py has said it created a run: a client opening a store that is still being
+    created would race it on the schema migration."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"train.py exited early with {proc.returncode}")
-        if (cwd / "mlruns" / "mlflow.db").exists():
-            try:
-                runs = [r for r in all_runs(cwd) if r.info.status == "RUNNING" and "method" in r.data.tags]
-            except Exception:  # noqa: BLE001 - the store is being created
-                runs = []
-            if runs and any((Path(r.info.artifact_uri.removeprefix("file://")) / "config.yaml").is_file() for r in runs):
+            raise AssertionError(f"train.py exited early with {proc.returncode}:\n{(cwd / 'train.out').read_text()[-3000:]}")
+        if _RUN_LINE.search((cwd / "train.out").read_text(errors="replace")):
+            runs = [r for r in all_runs(cwd) if r.info.status == "RUNNING" and "method" in r.data.tags]
+            if any((Path(r.info.artifact_uri.removeprefix("file://")) / "config.yaml").is_file() for r in runs):
                 time.sleep(1.0)  # into the epochs
                 return
         time.sleep(0.5)

@@ -284,7 +284,9 @@ def test_lhcad_report_reproduces_the_childrens_metrics(sweep: Path, tmp_path: Pa
     for method, run in children.items():  # the readable table rounds to 3 significant digits
         assert f"| {method} | 0.09 | features | 1 |" in report and f"{run.data.metrics['auc']:.3g}" in report
     html = (out / "report.html").read_text()
-    assert html.count("src='data:image/png;base64,") == len(OVERLAYS) and "<table>" in html
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert set(OVERLAYS) <= set(pngs)  # and the signal-region ROC/SIC overlays
+    assert html.count("src='data:image/png;base64,") == len(pngs) and "<table>" in html
     # --log-run: a new run (not a training run: later reports leave it out) holding the files
     (logged,) = [r for r in all_runs(sweep) if r.data.tags.get("lhcad.role") == "report"]
     assert {"report.html", "comparison.csv"} <= {a.path for a in client(sweep).list_artifacts(logged.info.run_id)}

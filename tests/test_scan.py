@@ -318,7 +318,7 @@ def test_scan_config_composes_and_builds():
 
     base = OmegaConf.to_container(default.search, resolve=True)
     search = OmegaConf.to_container(cfg.search, resolve=True)
-    assert {k: v for k, v in search.items() if k != "scan"} == base  # everything of search=default
+    assert {k: v for k, v in search.items() if k not in ("scan", "scan_jobs")} == base  # everything of search=default
     scan_cfg = search["scan"]
     assert scan_cfg["efficiencies"] == base["efficiencies"] and scan_cfg["fit_range"] == base["fit_range"]
     assert scan_cfg["toys"] == 200 and scan_cfg["seed"] == 3
