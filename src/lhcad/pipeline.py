@@ -293,7 +293,7 @@ def _log_figures(tracker: Any, evaluation: Evaluation, title: str) -> None:
     """Every figure at the top level of the run's artifacts (MLflow's compare view shows those
     side by side), titled with the run."""
     for fname, fig in evaluation.figures.items():
-        fig.suptitle(title, fontsize="medium")
+        fig.suptitle(title, fontsize=16)
         tracker.log_figure(fig, fname)
 
 

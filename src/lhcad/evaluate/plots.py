@@ -105,7 +105,7 @@ def plot_sic(rocs: RocCurve | Mapping[str, RocCurve], min_background: int) -> Fi
     :func:`lhcad.evaluate.metrics.sic_curve`); the dashed line is a random classifier.
     """
     with hep_style():
-        fig = _figure(8)
+        fig = _figure(11)
         ax = fig.subplots()
         grid = np.linspace(0.0, 1.0, 200)
         ax.plot(grid, np.sqrt(grid), "k--", lw=1, label="random")
@@ -118,7 +118,8 @@ def plot_sic(rocs: RocCurve | Mapping[str, RocCurve], min_background: int) -> Fi
         ax.set_ylim(bottom=0)
         ax.set_xlabel(r"Signal efficiency $\epsilon_S$")
         ax.set_ylabel(r"SIC $\epsilon_S/\epsilon_B^{1/2}$")
-        ax.legend(loc="upper right", title=rf"$N_B \geq {min_background}$")
+        # outside the axes: the SIC peak can be anywhere, a legend inside may cover it
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), title=rf"$N_B \geq {min_background}$")
     return fig
 
 
@@ -158,12 +159,14 @@ def plot_mjj_selections(
                 any_counts |= _stairs(ax, mjj[truth & mask], edges, label=rf"$\epsilon = {eff:g}$ ({n})")
             if any_counts:
                 ax.set_yscale("log")
+                low, high = ax.get_ylim()
+                ax.set_ylim(low, high * 300)  # headroom: the legend sits above the histograms
             else:
                 ax.text(0.5, 0.5, f"no {title.lower()} events", transform=ax.transAxes, ha="center")
             ax.set_title(title)
             ax.set_xlabel(r"$m_{jj}$ [GeV]")
             ax.set_ylabel("Events / bin")
-            ax.legend(loc="upper right", fontsize="small")
+            ax.legend(loc="upper right", fontsize="small", ncols=2)
     return fig
 
 
