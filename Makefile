@@ -33,15 +33,15 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 # CI: start the services the cluster tests need (root), then the whole suite; those tests may not skip
 test-ci: setup
 	$(SERVICES) up
-	LHCAD_REQUIRE_SERVICES=1 $(PY) -m pytest -q
+	LHCAD_REQUIRE_SERVICES=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 # PostgreSQL + munge + slurmctld/slurmd on this host (root; idempotent); `tools/services.sh down` stops them
 services:

@@ -188,35 +188,30 @@ def _note(row: ComparisonRow, key: str, what: str) -> str:
     return f" ({what} {value.text()})" if value is not None and value.n else ""
 
 
-def plot_roc(
-    rows: Sequence[ComparisonRow], curves: Mapping[str, Mapping[str, np.ndarray]], signal_frac: str,
-    path: Path, suffix: str = "",
-) -> Path | None:  # fmt: skip
-    """ROC overlay (1/eps_B against eps_S, seeds averaged); None when no row has curves."""
-    series = {}
-    for row in rows:
-        eps_b = _mean_curve(row, curves, suffix, "eps_b")
-        if eps_b is not None:
-            inverse = np.divide(1.0, eps_b, out=np.full_like(eps_b, np.nan), where=eps_b > 0)
-            series[id(row)] = (inverse, _note(row, "auc" + suffix, "AUC"))
-    where = " in the SR" if suffix == "_sr" else ""
-    title = _title(f"ROC{where}", signal_frac, rows)
-    return _curve_overlay(rows, series, 1.0 / _GRID, title, r"Background rejection $1/\epsilon_B$", path, logy=True)
+_CURVE_KINDS = {
+    # kind: (curve in curves.npz, y from it, random classifier, metric in the legend, y label, log y)
+    "roc": ("eps_b", lambda eps_b: np.divide(1.0, eps_b, out=np.full_like(eps_b, np.nan), where=eps_b > 0),
+            lambda grid: 1.0 / grid, ("auc", "AUC"), r"Background rejection $1/\epsilon_B$", True),
+    "sic": ("sic", lambda sic: sic, np.sqrt, ("max_sic", "max"), r"SIC $\epsilon_S/\epsilon_B^{1/2}$", False),
+}  # fmt: skip
 
 
-def plot_sic(
-    rows: Sequence[ComparisonRow], curves: Mapping[str, Mapping[str, np.ndarray]], signal_frac: str,
+def plot_curves(
+    kind: str, rows: Sequence[ComparisonRow], curves: Mapping[str, Mapping[str, np.ndarray]], signal_frac: str,
     path: Path, suffix: str = "",
 ) -> Path | None:  # fmt: skip
-    """SIC overlay (eps_S / sqrt(eps_B) against eps_S, seeds averaged); None when no row has curves."""
+    """ROC (``kind="roc"``: 1/eps_B against eps_S) or SIC (``"sic"``: eps_S / sqrt(eps_B)) overlay,
+    seeds averaged, one curve per row; ``suffix="_sr"`` for the signal-region curves. None when no
+    row has curves."""
+    curve, to_y, random, (metric, what), ylabel, logy = _CURVE_KINDS[kind]
     series = {}
     for row in rows:
-        sic = _mean_curve(row, curves, suffix, "sic")
-        if sic is not None:
-            series[id(row)] = (sic, _note(row, "max_sic" + suffix, "max"))
+        values = _mean_curve(row, curves, suffix, curve)
+        if values is not None:
+            series[id(row)] = (to_y(values), _note(row, metric + suffix, what))
     where = " in the SR" if suffix == "_sr" else ""
-    title = _title(f"SIC{where}", signal_frac, rows)
-    return _curve_overlay(rows, series, np.sqrt(_GRID), title, r"SIC $\epsilon_S/\epsilon_B^{1/2}$", path, logy=False)
+    title = _title(f"{kind.upper()}{where}", signal_frac, rows)
+    return _curve_overlay(rows, series, random(_GRID), title, ylabel, path, logy=logy)
 
 
 def _errorbars(ax: Axes, row: ComparisonRow, columns: Sequence[MetricColumn], label: str, color: str) -> bool:
@@ -314,8 +309,8 @@ def overlay_plots(
     for frac, rows in by_frac.items():
         tag = _file_tag(frac)
         for suffix in suffixes:
-            written.append(plot_roc(rows, curves, frac, out_dir / f"overlay_roc{suffix}_{tag}.png", suffix))
-            written.append(plot_sic(rows, curves, frac, out_dir / f"overlay_sic{suffix}_{tag}.png", suffix))
+            for kind in _CURVE_KINDS:
+                written.append(plot_curves(kind, rows, curves, frac, out_dir / f"overlay_{kind}{suffix}_{tag}.png", suffix))
         written.append(plot_z(table, rows, frac, out_dir / f"overlay_z_{tag}.png"))
         written.append(plot_jsd(table, rows, frac, out_dir / f"overlay_jsd_{tag}.png"))
     return [p for p in written if p is not None]
