@@ -152,6 +152,16 @@ def _save(fig: Figure, path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- figures
 
 
+@contextlib.contextmanager
+def _single_axes(rows: Sequence[ComparisonRow]) -> Iterator[tuple[Figure, Axes, dict[int, str], dict[int, str]]]:
+    """A one-axes overlay figure in the HEP style, with each row's legend label and colour."""
+    labels = _labels(rows)
+    with _hep_style():
+        colors = _colors(rows)
+        fig = Figure(figsize=(13, 7), layout="constrained")
+        yield fig, fig.subplots(), labels, colors
+
+
 def _curve_overlay(
     rows: Sequence[ComparisonRow], series: Mapping[int, tuple[np.ndarray, str]], baseline: np.ndarray,
     title: str, ylabel: str, path: Path, *, logy: bool,
@@ -160,11 +170,7 @@ def _curve_overlay(
     the random classifier dashed; None when no row has a curve."""
     if not series:
         return None
-    labels = _labels(rows)
-    with _hep_style():
-        colors = _colors(rows)
-        fig = Figure(figsize=(13, 7), layout="constrained")
-        ax = fig.subplots()
+    with _single_axes(rows) as (fig, ax, labels, colors):
         ax.plot(_GRID, baseline, "k--", lw=1, label="random")
         for row in rows:
             if id(row) in series:
@@ -270,11 +276,7 @@ def plot_jsd(
     columns = table.columns_of("jsd_mjj")
     if not columns:
         return None
-    labels = _labels(rows)
-    with _hep_style():
-        colors = _colors(rows)
-        fig = Figure(figsize=(13, 7), layout="constrained")
-        ax = fig.subplots()
+    with _single_axes(rows) as (fig, ax, labels, colors):
         drawn = [_errorbars(ax, row, columns, labels[id(row)], colors[id(row)]) for row in rows]
         if not any(drawn):
             return None
