@@ -138,12 +138,8 @@ def dataset_checksum(root: Path, samples: tuple[str, ...]) -> str:
 def _method_name(cfg: DictConfig, method: Method | None = None) -> str:
     """The method's config name: Hydra's choice of the ``method`` group, else the method's
     ``name`` (of the built ``method``, or of the configured class before it is built)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return str(HydraConfig.get().runtime.choices["method"])
-    except (ValueError, KeyError):
-        pass
+    if (choice := _hydra_choice("method")) is not None:
+        return choice
     if method is None:
         from hydra.utils import get_class
 
@@ -278,13 +274,10 @@ def _resolve_plots(cfg: DictConfig) -> None:
     sweep (which must not pay for every figure of every job)."""
     if cfg.selection.get("plots", True) != "auto":
         return
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    from hydra.types import RunMode
 
-        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:  # no Hydra app: a script or notebook
-        multirun = False
+    hydra = _hydra_config()
+    multirun = hydra is not None and hydra.mode == RunMode.MULTIRUN
     with open_dict(cfg):
         cfg.selection.plots = "minimal" if multirun else "full"
 
@@ -301,25 +294,24 @@ MAX_OVERRIDES_PARAM = 480
 """Characters of the ``overrides`` param (MLflow refuses params over 500)."""
 
 
+def _hydra_config() -> Any | None:
+    """Hydra's own config of this job; None outside a Hydra app (scripts, notebooks)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
 def _hydra_choice(group: str) -> str | None:
     """Hydra's choice of config group ``group`` (e.g. ``inputs``), None outside a Hydra app."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choice = HydraConfig.get().runtime.choices.get(group)
-    except ValueError:
-        return None
+    hydra = _hydra_config()
+    choice = None if hydra is None else hydra.runtime.choices.get(group)
     return None if choice is None else str(choice)
 
 
 def _task_overrides() -> list[str]:
     """The command line's overrides of this job ([] outside a Hydra app)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return []
+    hydra = _hydra_config()
+    return [] if hydra is None else list(hydra.overrides.task)
 
 
 def _method_settings(node: Any, prefix: str = "method") -> dict[str, str]:
