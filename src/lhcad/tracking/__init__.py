@@ -1,13 +1,18 @@
 """MLflow run tracking: a sqlite store under ``<mlruns_dir>``, one run per job, parent runs per sweep.
 
-The package has three modules:
+The package's modules:
 
-- :mod:`lhcad.tracking.store`: tracking URI, store and experiment creation (file-locked), the client,
-  and :func:`mark_orphaned_runs` (runs left RUNNING by a dead process of this host -> FAILED);
+- :mod:`lhcad.tracking.store`: tracking URI (sqlite by default, ``tracking.uri`` for PostgreSQL or
+  a tracking server), store and experiment creation (locked), the client, and
+  :func:`mark_orphaned_runs` (runs left RUNNING by a dead process of this host -> FAILED);
 - :mod:`lhcad.tracking.run`: :class:`RunTracker` (one run's lifecycle and status, params, metrics,
-  tags, artifacts; SIGTERM -> :class:`Terminated` -> KILLED), :func:`flatten_config`, :func:`git_commit`;
+  tags, artifacts), :func:`flatten_config`, :func:`git_commit`;
+- :mod:`lhcad.tracking.signals`: SIGTERM -> :class:`Terminated` (a KeyboardInterrupt) while a run
+  or sweep is active;
 - :mod:`lhcad.tracking.multirun`: :class:`MultirunParentRun` (Hydra callback: one parent run per
-  sweep) and :func:`parent_run_id_for_job`.
+  sweep) and :func:`parent_run_id_for_job`;
+- :mod:`lhcad.tracking.optuna_sweeper` (resumable Hydra Optuna sweeper), ``optuna_worker``
+  (``lhcad-sweep``'s workers) and ``slurm`` (the SLURM launcher).
 
 How a run ends: FINISHED; FAILED on an exception (tag ``error``, ``error.txt``); KILLED on Ctrl-C
 or SIGTERM (tag ``killed_by=SIGTERM``); after SIGKILL (or the OOM killer) it stays RUNNING until
@@ -46,10 +51,10 @@ from lhcad.tracking.run import (
     MAX_PARAM_LENGTH,
     TRUNCATION_MARKER,
     RunTracker,
-    Terminated,
     flatten_config,
     git_commit,
 )
+from lhcad.tracking.signals import Terminated
 from lhcad.tracking.store import (
     ORPHANED,
     TrackingStoreCallback,

@@ -20,19 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 
-from lhcad.tracking.run import (
+from lhcad.tracking.run import _default_tags, _exit_status, _record_error, _str_tags, _terminate, current_sweep_dir
+from lhcad.tracking.signals import (
     Terminated,
-    _default_tags,
-    _exit_status,
-    _deliver_pending,
-    _record_error,
-    _sigterm_deferred,
-    _str_tags,
-    _take_pending,
-    _terminate,
-    current_sweep_dir,
+    deliver_pending,
     install_sigterm_handler,
     restore_sigterm_handler,
+    sigterm_deferred,
+    take_pending,
 )
 from lhcad.tracking.store import (
     HOST_TAG,
@@ -128,9 +123,9 @@ class MultirunParentRun(Callback):
         """Ensure the store, create the parent run and publish its id in the sweep directory."""
         self._sigterm_token = install_sigterm_handler()  # restored in on_multirun_end
         self._started, self._run_id = True, None
-        with _sigterm_deferred():  # a SIGTERM now waits until the parent run exists
+        with sigterm_deferred():  # a SIGTERM now waits until the parent run exists
             self._start(config)
-        stop = _take_pending()
+        stop = take_pending()
         if stop is not None:
             raise stop  # not swallowed by Hydra (a KeyboardInterrupt): on_multirun_end ends the parent
 
@@ -179,12 +174,12 @@ class MultirunParentRun(Callback):
         """Tag children counts (``n_children``, ``n_failed``, ...) and end the parent run."""
         exc_type, exc, tb = sys.exc_info()  # Hydra calls this in a `finally`
         try:
-            with _sigterm_deferred():  # a SIGTERM now waits until the parent's status is written
+            with sigterm_deferred():  # a SIGTERM now waits until the parent's status is written
                 self._end(config, exc_type, exc, tb)
         finally:
             restore_sigterm_handler(self._sigterm_token)
             self._sigterm_token = None
-        _deliver_pending(exc)
+        deliver_pending(exc)
 
     def _end(
         self,

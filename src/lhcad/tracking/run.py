@@ -1,8 +1,9 @@
 """One MLflow run: :class:`RunTracker` (lifecycle, run status, logging of params, metrics, tags
 and artifacts), config flattening for params, and provenance tags (git commit, host, pid, user).
 
-While a run is active, SIGTERM (``kill``, SLURM, ``docker stop``) raises :class:`Terminated` in the
-main thread, a KeyboardInterrupt: the run ends KILLED with the signal as its reason, like Ctrl-C.
+While a run is active, SIGTERM (``kill``, SLURM, ``docker stop``) raises
+:class:`~lhcad.tracking.signals.Terminated` in the main thread, a KeyboardInterrupt: the run ends
+KILLED with the signal as its reason, like Ctrl-C.
 
 ``mlflow`` is imported lazily (it takes seconds); importing this module does not import it.
 """
@@ -15,18 +16,24 @@ import logging
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
+from lhcad.tracking.signals import (
+    Terminated,
+    deliver_pending,
+    install_sigterm_handler,
+    restore_sigterm_handler,
+    sigterm_deferred,
+    take_pending,
+)
 from lhcad.tracking.store import (
     PARENT_ROLE,
     ROLE_TAG,
@@ -46,12 +53,9 @@ __all__ = [
     "MAX_PARAM_LENGTH",
     "TRUNCATION_MARKER",
     "RunTracker",
-    "Terminated",
     "flatten_config",
     "current_sweep_dir",
     "git_commit",
-    "install_sigterm_handler",
-    "restore_sigterm_handler",
 ]
 
 log = logging.getLogger(__name__)
@@ -232,143 +236,6 @@ def _record_error(
         log.exception("could not record the error of run %s", run_id)
 
 
-# --------------------------------------------------------------------------------------------
-# SIGTERM -> Terminated while a run is active
-# --------------------------------------------------------------------------------------------
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread when SIGTERM arrives during a run (:func:`install_sigterm_handler`).
-
-    A KeyboardInterrupt, so everything that cleans up after Ctrl-C (RunTracker: run KILLED,
-    Optuna: trial FAIL, joblib: workers stopped) does so after ``kill`` / SLURM / ``docker stop``.
-    """
-
-    def __init__(self, signum: int = signal.SIGTERM) -> None:
-        self.signum = int(signum)
-        super().__init__(f"terminated by {self.signal_name}")
-
-    def __reduce__(self) -> tuple[type[Terminated], tuple[int]]:  # pickled across joblib workers
-        return type(self), (self.signum,)
-
-    @property
-    def signal_name(self) -> str:
-        """``"SIGTERM"``."""
-        try:
-            return signal.Signals(self.signum).name
-        except ValueError:
-            return f"signal {self.signum}"
-
-    def exit(self) -> NoReturn:
-        """End the process with the conventional status of this signal, 128 + signum (143)."""
-        raise SystemExit(128 + self.signum)
-
-
-# pid: the process that installed the handler; raised: Terminated was raised (repeats are ignored
-# while the runs close); defer: a run is being opened or closed (the signal waits in `pending`)
-# previous_hook: sys.unraisablehook before the handler was installed
-_sigterm_state: dict[str, Any] = {
-    "pid": None, "raised": False, "defer": False, "pending": None, "previous_hook": None
-}
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Raise :class:`Terminated` once; held back while a run is opened or closed."""
-    if os.getpid() != _sigterm_state["pid"]:  # a forked child inherited the handler: default action
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    if _sigterm_state["raised"]:
-        return
-    if _sigterm_state["defer"]:
-        _sigterm_state["pending"] = signum
-        return
-    _sigterm_state["raised"] = True
-    raise Terminated(signum)
-
-
-def _unraisable_hook(unraisable: Any) -> None:
-    """``sys.unraisablehook`` while the handler is installed: a :class:`Terminated` raised inside a
-    finalizer or weakref callback (where Python drops exceptions) is signalled again shortly, to
-    land in the code the run executes; anything else goes to the previous hook."""
-    if isinstance(unraisable.exc_value, Terminated) and os.getpid() == _sigterm_state["pid"]:
-        _sigterm_state["raised"] = False
-        signum = unraisable.exc_value.signum
-        timer = threading.Timer(0.05, lambda: os.kill(os.getpid(), signum))
-        timer.daemon = True
-        timer.start()
-        return
-    (_sigterm_state["previous_hook"] or sys.__unraisablehook__)(unraisable)
-
-
-@contextlib.contextmanager
-def _sigterm_deferred() -> Iterator[None]:
-    """SIGTERM within the block is held back (a run's status is being written); see
-    :func:`_take_pending` for its delivery."""
-    outer = _sigterm_state["defer"]
-    _sigterm_state["defer"] = True
-    try:
-        yield
-    finally:
-        _sigterm_state["defer"] = outer
-
-
-def _take_pending() -> Terminated | None:
-    """The SIGTERM held back by :func:`_sigterm_deferred`, once outside every deferred block."""
-    signum = _sigterm_state["pending"]
-    if signum is None or _sigterm_state["defer"]:
-        return None
-    _sigterm_state["pending"] = None
-    if _sigterm_state["raised"]:
-        return None
-    _sigterm_state["raised"] = True
-    return Terminated(signum)
-
-
-def _deliver_pending(exc: BaseException | None) -> None:
-    """After a run was closed (and the handler restored): act on a SIGTERM held back meanwhile.
-
-    An outer run or sweep still has the handler: raise :class:`Terminated` to stop it too.
-    Otherwise hand the signal to the restored handler (the default ends the process).
-    """
-    stop = _take_pending()
-    if stop is None or isinstance(exc, KeyboardInterrupt):  # already stopping
-        return
-    if signal.getsignal(stop.signum) is _on_sigterm:
-        raise stop
-    os.kill(os.getpid(), stop.signum)
-
-
-def install_sigterm_handler() -> Any:
-    """Make SIGTERM raise :class:`Terminated`; returns the token for :func:`restore_sigterm_handler`.
-
-    Only in the main thread, and only over the default action: an ignored SIGTERM (``SIG_IGN``)
-    and other handlers (e.g. a cluster launcher's) are left alone. Nested calls share one handler.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is _on_sigterm:
-        return None  # an outer run or sweep installed it and restores it
-    if previous is not signal.SIG_DFL:
-        log.debug("SIGTERM has a handler (%r): not installing lhcad's", previous)
-        return None
-    _sigterm_state.update(pid=os.getpid(), raised=False, pending=None, previous_hook=sys.unraisablehook)
-    sys.unraisablehook = _unraisable_hook
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    return previous
-
-
-def restore_sigterm_handler(token: Any) -> None:
-    """Put back the handler replaced by :func:`install_sigterm_handler` (``token``: its return)."""
-    if token is None or threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
-        signal.signal(signal.SIGTERM, token)
-    if sys.unraisablehook is _unraisable_hook:
-        sys.unraisablehook = _sigterm_state["previous_hook"] or sys.__unraisablehook__
-
-
 def current_sweep_dir() -> Path | None:
     """Absolute sweep directory of the current Hydra multirun job (None outside a multirun)."""
     try:
@@ -455,15 +322,15 @@ class RunTracker:
             raise RuntimeError(f"run {self._run_id} is still active; RunTracker is not re-entrant")
         self._sigterm_token = install_sigterm_handler()  # before the run exists: no RUNNING leftover
         try:
-            with _sigterm_deferred():  # a SIGTERM now waits until the run exists, then ends it
+            with sigterm_deferred():  # a SIGTERM now waits until the run exists, then ends it
                 self._open()
         except BaseException as err:
             restore_sigterm_handler(self._sigterm_token)
             self._sigterm_token = None
-            _deliver_pending(err)
+            deliver_pending(err)
             raise
         log.info("MLflow run %s (%s) in experiment %r", self._run_id, self.run_name, self.experiment)
-        stop = _take_pending()
+        stop = take_pending()
         if stop is not None:
             self.__exit__(Terminated, stop, None)
             raise stop
@@ -499,12 +366,12 @@ class RunTracker:
             return False
         self._active = False
         try:
-            with _sigterm_deferred():  # a SIGTERM now waits until the status is written
+            with sigterm_deferred():  # a SIGTERM now waits until the status is written
                 self._close(exc_type, exc, tb)
         finally:
             restore_sigterm_handler(self._sigterm_token)
             self._sigterm_token = None
-        _deliver_pending(exc)
+        deliver_pending(exc)
         return False
 
     def _close(
