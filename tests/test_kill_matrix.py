@@ -150,3 +150,32 @@ def test_killed_optuna_sweep_completes_on_rerun_without_repeats(outcomes, name):
     assert "RUNNING" not in states, states
     complete = [tuple(sorted(t.params.items())) for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) >= 2 and len(set(complete)) == len(complete)  # no parameter set replayed
+
+
+_DROPPED_CTRL_C = """
+import sys, time
+from lhcad.tracking.signals import keep_dropped_interrupts
+if sys.argv[1] == "keep":
+    keep_dropped_interrupts()
+class Finalized:
+    def __del__(self):
+        raise KeyboardInterrupt  # as when Ctrl-C arrives while a finalizer runs
+Finalized()
+try:
+    time.sleep(3)
+except KeyboardInterrupt:
+    print("interrupted")
+    sys.exit(130)
+print("ran on")
+"""
+
+
+@pytest.mark.parametrize("mode", ["keep", "python"])
+def test_ctrl_c_landing_in_a_finalizer_is_not_lost(mode):
+    """Python prints and drops a KeyboardInterrupt raised in a finalizer (a sweep then runs on as
+    if Ctrl-C never came); train.py delivers it again."""
+    proc = subprocess.run([sys.executable, "-c", _DROPPED_CTRL_C, mode], capture_output=True, text=True, timeout=60)
+    if mode == "keep":
+        assert proc.returncode == 130 and "interrupted" in proc.stdout and "Exception ignored" not in proc.stderr
+    else:  # what happens without it: the reason for keep_dropped_interrupts
+        assert proc.returncode == 0 and "ran on" in proc.stdout and "Exception ignored" in proc.stderr

@@ -45,7 +45,9 @@ def main() -> None:
 
     from lhcad.tracking import Terminated
     from lhcad.tracking.optuna_sweeper import register_sweeper
+    from lhcad.tracking.signals import keep_dropped_interrupts
 
+    keep_dropped_interrupts()  # a Ctrl-C landing in a finalizer is delivered again, not dropped
     register_sweeper()  # hydra.sweeper._target_ of conf/hparams_search (Hydra finds no plugin outside hydra_plugins)
     try:
         with execution_whitelist([*TRUSTED_TARGETS, *SWEEP_TARGETS]):

@@ -21,6 +21,7 @@ __all__ = [
     "Terminated",
     "deliver_pending",
     "install_sigterm_handler",
+    "keep_dropped_interrupts",
     "restore_sigterm_handler",
     "sigterm_deferred",
     "take_pending",
@@ -159,3 +160,27 @@ def restore_sigterm_handler(token: Any) -> None:
         signal.signal(signal.SIGTERM, token)
     if sys.unraisablehook is _unraisable_hook:
         sys.unraisablehook = _sigterm_state["previous_hook"] or sys.__unraisablehook__
+
+
+_interrupt_hook_state: dict[str, Any] = {"previous": None}
+
+
+def _redeliver_interrupt(unraisable: Any) -> None:
+    """``sys.unraisablehook``: a Ctrl-C (KeyboardInterrupt) that landed in a finalizer or weakref
+    callback, where Python prints and drops it, is sent again shortly instead, to stop the code
+    the process runs; anything else goes to the previous hook."""
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Terminated):
+        timer = threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.daemon = True
+        timer.start()
+        return
+    (_interrupt_hook_state["previous"] or sys.__unraisablehook__)(unraisable)
+
+
+def keep_dropped_interrupts() -> None:
+    """Process-wide: never lose a Ctrl-C to a finalizer (a sweep would run on as if nothing
+    happened). Idempotent."""
+    if sys.unraisablehook is not _redeliver_interrupt:
+        _interrupt_hook_state["previous"] = sys.unraisablehook
+        sys.unraisablehook = _redeliver_interrupt
