@@ -75,6 +75,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "too_few_events": (["data=tiny", "method=ae", "n_events=10"], "too few events"),
         "no_test_signal": (["data=tiny", "method=ae", "n_events=2000", "signal_frac=0.0002"], "holds no signal"),
+        "supervised_without_signal": (["data=tiny", "method=supervised", "signal_frac=0"], "learns from injected signal"),
     }
 
 
@@ -97,7 +98,7 @@ def outcomes(tmp_path_factory):
 CASE_NAMES = [
     "seed_negative", "seed_text", "efficiency_above_one", "efficiency_zero", "signal_efficiency", "zero_epochs",
     "nested_zero_epochs", "images_missing", "cuda_missing", "nan_features", "dataset_other_seed",
-    "too_few_events", "no_test_signal",
+    "too_few_events", "no_test_signal", "supervised_without_signal",
 ]  # fmt: skip
 
 

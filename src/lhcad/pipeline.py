@@ -560,6 +560,12 @@ def prepare(cfg: DictConfig, run_name: str | None = None) -> PreparedRun:
     folds, spare = _draw(cfg, data, method.parts, rng)
     for fold in folds:
         _check_sizes(cfg, fold.parts, fold.test)
+        n_signal = sum(int(np.sum(np.asarray(p.labels) == 1)) for p in fold.parts.values())
+        if n_signal < method.min_training_signal:
+            raise ConfigError(
+                f"{name} learns from injected signal, but its training parts hold {n_signal} signal events "
+                f"(needs {method.min_training_signal}) at signal_frac={cfg.signal_frac:g}; raise signal_frac or n_events"
+            )
     if method.needs_spare_background and len(spare) == 0:
         raise ConfigError(
             f"{name} trains against background events kept out of the run's sample, but all "

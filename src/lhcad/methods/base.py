@@ -71,6 +71,9 @@ class Method(ABC):
         needs_spare_background = False   True: ``ctx.spare_background`` holds the background kept
                                          out of the run's sample (e.g. cwola_ideal's reference);
                                          the pipeline refuses to run if there is none
+        min_training_signal = 0          injected signal events its training parts need (the
+                                         supervised reference learns from truth labels); fewer is
+                                         refused before the run starts
         window_dependent = False         True: training uses the m_jj signal region / sidebands
                                          (``search.signal_region``, ``search.sidebands``), so a
                                          window scan (``search=scan``) retrains it per window
@@ -104,6 +107,7 @@ class Method(ABC):
     parts: Mapping[str, float]
     samples: tuple[str, ...] = ()
     needs_spare_background: bool = False
+    min_training_signal: int = 0
     window_dependent: bool = False
 
     @abstractmethod

@@ -29,6 +29,7 @@ class Supervised(Method):
     """Fully supervised reference classifier(s) trained on the injected training part's truth labels."""
 
     name = "supervised"
+    min_training_signal = 2  # learns from the injected signal's truth labels
 
     def __init__(
         self,
