@@ -135,3 +135,16 @@ def test_nonfinite_mjj_events_are_dropped_with_a_count(tmp_path):
     assert "n_dropped_mjj/signal" not in prep.counts
     drawn = [*prep.parts.values(), prep.test, prep.unused_signal]
     assert all(np.isfinite(part["mjj"]).all() for part in drawn)
+
+
+def test_bad_input_in_one_job_of_a_sweep_does_not_stop_the_others(tmp_path):
+    """A grid cell that cannot run (the supervised reference at signal_frac=0) fails alone: the
+    sweep runs the other jobs, then reports the failed one."""
+    from train_helpers import all_runs
+
+    proc = run_train(tmp_path, "-m", "data=tiny", "progress=false", "method=supervised,ae", "signal_frac=0",
+                     "method.train.epochs=2", "selection.plots=none", "closure=off", expect_ok=False)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "learns from injected signal" in out
+    children = [r for r in all_runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    assert [(r.data.tags["method"], r.info.status) for r in children] == [("ae", "FINISHED")]

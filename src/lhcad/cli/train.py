@@ -33,9 +33,18 @@ def app(cfg: DictConfig) -> float | None:
     try:
         return run(cfg).objective
     except (ConfigError, DatasetError) as err:
-        # bad input: one clear sentence, no traceback (a run already started is marked FAILED)
+        # bad input: one clear sentence, no traceback, exit 2 (checked before any run exists)
         log.error("%s", err)
+        if _multirun():
+            raise  # a job of a sweep: the launcher records it as failed and runs the others
         sys.exit(2)
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def main() -> None:
