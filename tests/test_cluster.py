@@ -184,7 +184,8 @@ def test_slurm_multirun_lands_under_one_parent_in_postgres(tmp_path, slurm, pg_d
     (log_line,) = [line for line in out.splitlines() if "job #0 (SLURM" in line and "failed" in line]
     log_path = Path(log_line.rsplit("log: ", 1)[1].strip())
     assert log_path.is_file() and ".submitit" in log_path.parts
-    assert "exit code 2" in log_path.read_text()  # srun's record of the job's own exit
+    job_logs = "".join(p.read_text() for p in log_path.parent.glob("*_log.*"))
+    assert "method.train.lr must be a positive number" in job_logs  # the job's own one sentence
 
     runs = _runs(_pg_uri(db))
     (parent,) = [r for r in runs if r.data.tags.get("lhcad.role") == "multirun-parent"]
@@ -195,7 +196,7 @@ def test_slurm_multirun_lands_under_one_parent_in_postgres(tmp_path, slurm, pg_d
     assert parent.data.tags["n_children"] == "4" and parent.data.tags["n_finished"] == "4"
     # each child ran in a SLURM job (its own process, a submitit result), artifacts in tracking.artifact_root
     sweep_dir = Path(parent.data.tags["lhcad.sweep_dir"])
-    assert len(list(sweep_dir.glob(".submitit/*/*_result.pkl"))) == 4
+    assert len(list(sweep_dir.glob(".submitit/*/*_result.pkl"))) == 5  # the refused job returns its failure too
     assert len({r.data.tags["lhcad.pid"] for r in children} | {parent.data.tags["lhcad.pid"]}) == 5
     for r in children:
         assert r.info.artifact_uri.startswith(str(tmp_path / "mlruns" / "artifacts"))
