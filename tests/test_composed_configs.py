@@ -17,24 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from lhcad.config import register_resolvers
 from lhcad.methods.registry import available_methods, method_config
 from lhcad.paths import CONF_DIR
 
 SNAPSHOT = Path(__file__).parent / "data" / "composed_method_configs.json"
 METHODS = sorted(p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml"))
+from train_helpers import compose_config
 
 
 def _compose(overrides: list[str]):
-    register_resolvers()
-    with initialize_config_dir(CONF_DIR):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_config(overrides)
 
 
 def _without_inputs(node: dict[str, Any]) -> dict[str, Any]:

@@ -14,13 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 import lhcad.config
 import lhcad.pipeline
-from lhcad.config import build, register_resolvers
+from lhcad.config import build
 from lhcad.data import load_dataset
 from lhcad.data.events import Events
 from lhcad.data.schema import SAMPLES
@@ -30,14 +28,11 @@ from lhcad.scores import Scores
 
 METHOD_CONFIGS = sorted(p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml"))
 RESERVED_PARTS = {"test", "val"}  # the pipeline's own holdout parts
+from train_helpers import compose_config
 
 
 def _compose(overrides: list[str]):
-    register_resolvers()
-    with initialize_config_dir(CONF_DIR):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_config(overrides)
 
 
 def _build(method: str, inputs: str = "features") -> Method:

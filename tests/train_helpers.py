@@ -34,3 +34,19 @@ def all_runs(cwd: Path):
     c = client(cwd)
     exps = c.search_experiments()
     return c.search_runs([e.experiment_id for e in exps], max_results=1000)
+
+
+def compose_config(overrides: list[str]):
+    """``conf/config.yaml`` composed as ``train.py <overrides>`` would, with Hydra's own config set
+    (so Hydra's choices, e.g. ``method@method.initial``, are readable as in a run)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from lhcad.config import register_resolvers
+    from lhcad.paths import CONF_DIR
+
+    register_resolvers()
+    with initialize_config_dir(CONF_DIR):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
