@@ -112,11 +112,11 @@ def prepare_dataset(data: Mapping[str, Any], samples: tuple[str, ...], *, images
 _LOADED: dict[tuple[str, tuple[str, ...], str], dict[str, Events]] = {}
 
 
-def _load_cached(root: Path, samples: tuple[str, ...]) -> dict[str, Events]:
+def _load_cached(root: Path, samples: tuple[str, ...], checksum: str) -> dict[str, Events]:
     """The samples of ``root``, read and verified once per process while their shard checksums
     stay the same (the jobs of a multirun that a launcher runs in one worker share them); only
     the last dataset is kept."""
-    key = (str(root.resolve()), tuple(samples), dataset_checksum(root, samples))
+    key = (str(root.resolve()), tuple(samples), checksum)
     if key not in _LOADED:
         _LOADED.clear()
         _LOADED[key] = load_dataset(root, samples)
@@ -552,7 +552,8 @@ def prepare(cfg: DictConfig, run_name: str | None = None) -> PreparedRun:
         inputs = build(cfg.inputs)
         method = build(cfg.method, inputs=inputs)
     _check_columns(root, samples, inputs, str(cfg.data.get("name")))
-    data = apply_transforms(_load_cached(root, samples), cfg.get("transform"), inputs.jet_order)
+    checksum = dataset_checksum(root, samples)  # the manifest's shard checksums: the cache key and a tag
+    data = apply_transforms(_load_cached(root, samples, checksum), cfg.get("transform"), inputs.jet_order)
     data, counts = _drop_nonfinite_mjj(data)
     _check_finite_inputs(data, inputs)
 
@@ -575,7 +576,7 @@ def prepare(cfg: DictConfig, run_name: str | None = None) -> PreparedRun:
     if len(folds) > 1:
         counts |= {"kfold/k": float(len(folds)), "n_events/scored": float(sum(len(f.test) for f in folds))}
     counts["n_signal_heldout"] = float(sum(len(f.signal) for f in folds))
-    tags = {"dataset": str(root), "dataset_checksum": dataset_checksum(root, samples), "device": device}
+    tags = {"dataset": str(root), "dataset_checksum": checksum, "device": device}
     tags |= {f"provenance.{s}": text for s, text in sample_provenance(root, samples).items()}
     if warning := mixed_sources(root, samples):
         log.warning("%s", warning)
