@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from lhcad.cli._paths import CONF_DIR
 from lhcad.config import ConfigError, build, closure_mode, register_resolvers, validate
@@ -277,9 +277,34 @@ def test_closure_rerun_adds_a_background_only_sibling_under_the_same_parent(tmp_
 
 
 @pytest.mark.slow
-def test_a_failing_closure_rerun_leaves_the_main_run_standing(tmp_path):
+def test_no_closure_rerun_for_a_method_that_learns_from_injected_signal(tmp_path):
     proc = run_train(tmp_path, *FAST, "method=supervised", "signal_frac=0.09", "closure=rerun")
     runs = {r.info.run_name: r for r in all_runs(tmp_path)}
-    assert runs["supervised-f0.09-s0"].info.status == "FINISHED"
-    assert runs["supervised-f0.09-s0-closure"].info.status == "FAILED"  # nothing to learn at signal_frac=0
-    assert "closure rerun at signal_frac=0 failed" in proc.stdout + proc.stderr
+    assert list(runs) == ["supervised-f0.09-s0"] and runs["supervised-f0.09-s0"].info.status == "FINISHED"
+    assert "closure rerun skipped: supervised learns from injected signal" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_failing_closure_rerun_leaves_the_main_run_standing(tmp_path, monkeypatch, caplog):
+    """A fault injected into the sibling's training: it is marked FAILED, the main run stands."""
+    from lhcad import pipeline
+    from train_helpers import compose_config
+
+    real = pipeline.fit_and_evaluate
+
+    def failing_at_zero_signal(prep, **kwargs):
+        if float(prep.cfg.signal_frac) == 0:
+            raise RuntimeError("injected fault")
+        return real(prep, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit_and_evaluate", failing_at_zero_signal)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config([*FAST, "method=ae", "signal_frac=0.09", "closure=rerun", f"tracking.mlruns_dir={tmp_path}/mlruns"])
+    with open_dict(cfg):
+        del cfg["hydra"]  # as train.py sees it: Hydra's own node stays in HydraConfig
+    with caplog.at_level(logging.ERROR, logger="lhcad.pipeline"):
+        result = pipeline.run(cfg)
+    runs = {r.info.run_name: r for r in all_runs(tmp_path)}
+    assert runs["ae-f0.09-s0"].info.status == "FINISHED" and runs["ae-f0.09-s0"].info.run_id == result.run_id
+    assert runs["ae-f0.09-s0-closure"].info.status == "FAILED" and result.closure_run_id is None
+    assert "closure rerun at signal_frac=0 failed: injected fault" in caplog.text

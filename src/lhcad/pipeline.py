@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lhcad.config import ConfigError, build, closure_mode, dataset_root, split_spec, validate
@@ -791,6 +792,9 @@ def run(cfg: DictConfig) -> RunResult:
         return result
     if float(cfg.signal_frac) == 0:
         log.info("closure rerun skipped: signal_frac is already 0, the run is its own closure")
+        return result
+    if get_class(str(cfg.method._target_)).min_training_signal > 0:
+        log.info("closure rerun skipped: %s learns from injected signal, so at signal_frac=0 it has nothing to learn", _method_name(cfg))
         return result
     rerun = copy.deepcopy(cfg)
     with open_dict(rerun):
