@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import awkward as ak
 import fastjet
 import numpy as np
 import pytest
 
-from lhcad.data.jets import JetConfig, build_events, jet_images, kinematics, nsubjettiness, particles_from_arrays
+from lhcad.data.jets import (
+    JetConfig,
+    build_events,
+    jet_images,
+    jet_pt_upper_bound,
+    kinematics,
+    nsubjettiness,
+    particles_from_arrays,
+)
 
 
 def _jet_from_prongs(rng, prongs, n_per_prong=25, spread=0.03, pt_total=1500.0):
@@ -116,3 +126,36 @@ def test_kinematics_of_massless_vectors():
     pt, eta, phi, m, rap = kinematics(*[np.array([v]) for v in (3.0, 4.0, 0.0, 5.0)])
     assert pt[0] == pytest.approx(5.0) and eta[0] == pytest.approx(0.0) and m[0] == pytest.approx(0.0, abs=1e-6)
     assert phi[0] == pytest.approx(np.arctan2(4, 3)) and rap[0] == pytest.approx(0.0)
+
+
+REFERENCE = Path(__file__).parent / "data" / "jets_reference.npz"
+
+
+@pytest.mark.parametrize("sample", ["qcd", "signal"])
+def test_reconstruction_reproduces_the_reference_columns(sample):
+    """Stored Pythia particles reconstruct to the stored columns (tests/data/make_jets_reference.py):
+    counts and the selection exactly, features to float32 rounding (FastJet's sums may be
+    ordered differently on another CPU)."""
+    ref = np.load(REFERENCE)
+    f = {c: ref[f"{sample}/particles/{c}"].astype(np.float64) for c in ("px", "py", "pz", "E")}
+    particles = particles_from_arrays(f["px"], f["py"], f["pz"], f["E"], ref[f"{sample}/particles/counts"])
+    passed, cols = build_events(particles, JetConfig(images=True, image_npix=16, n_constituents=8))
+    np.testing.assert_array_equal(passed, ref[f"{sample}/passed"])
+    stored = {k.split("/", 2)[2]: ref[k] for k in ref.files if k.startswith(f"{sample}/columns/")}
+    assert sorted(cols) == sorted(stored)
+    for name, want in stored.items():
+        assert cols[name].dtype == want.dtype and cols[name].shape == want.shape, name
+        if np.issubdtype(want.dtype, np.integer):
+            np.testing.assert_array_equal(cols[name], want, err_msg=name)
+        else:
+            np.testing.assert_allclose(cols[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_jet_pt_bound_lies_above_every_jet(qcd_particles):
+    """The trigger pre-selection's bound is above the pT of every anti-kt jet (and not far above)."""
+    px, py = (ak.to_numpy(ak.flatten(qcd_particles[c])) for c in ("px", "py"))
+    bound = jet_pt_upper_bound(px, py, ak.to_numpy(ak.num(qcd_particles)))
+    jets = fastjet.ClusterSequence(qcd_particles, fastjet.JetDefinition(fastjet.antikt_algorithm, 1.0)).inclusive_jets(0.0)
+    lead = ak.to_numpy(ak.fill_none(ak.max(np.hypot(jets.px, jets.py), axis=1), 0.0))
+    assert np.all(bound >= lead)
+    assert np.median(bound[lead > 0] / lead[lead > 0]) < 1.3  # tight enough to drop events far below the trigger

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -166,7 +167,60 @@ def generate_shard(task: ShardTask, report=_report) -> dict[str, Any]:
     record["sha256"] = storage.write_shard(
         task.path, columns, attrs={"sample": task.sample, "shard": task.index, "config_hash": task.config_hash}
     )
+    # a journal entry beside the shard: a shard finished but not yet in the manifest is adopted
+    storage.atomic_write_bytes(_journal_path(task.path), json.dumps(record).encode())
     return record
+
+
+def _journal_path(shard: Path) -> Path:
+    return shard.with_suffix(".record.json")
+
+
+class _ShardLog:
+    """Finished shards, written to the manifest in batches: at most every ``every`` seconds and on
+    :meth:`flush` (one rewrite per shard would be quadratic in the number of shards). Until then
+    each shard's record waits in a journal file beside it, which :func:`_adopt_finished_shards`
+    reads if the driver is killed first; written records' journal files are removed."""
+
+    def __init__(self, root: Path, sample: str, every: float = 30.0) -> None:
+        self.root, self.sample, self.every = root, sample, every
+        self.pending: dict[int, dict[str, Any]] = {}
+        self.last = time.monotonic()
+
+    def add(self, index: int, record: dict[str, Any]) -> None:
+        self.pending[index] = record
+        if time.monotonic() - self.last >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        storage.record_shards(self.root, self.sample, self.pending)
+        for record in self.pending.values():
+            _journal_path(self.root / record["file"]).unlink(missing_ok=True)
+        self.pending.clear()
+        self.last = time.monotonic()
+
+
+def _adopt_finished_shards(root: Path, tasks: list[ShardTask], shards: dict[str, Any]) -> int:
+    """Record the shards a stopped run finished (shard file and journal written, checksum verified)
+    but had not yet entered in the manifest; returns how many. Leftover journal files are removed."""
+    adopted: dict[int, dict[str, Any]] = {}
+    for task in tasks:
+        journal = _journal_path(task.path)
+        if not journal.exists():
+            continue
+        if str(task.index) not in shards and task.path.exists():
+            with contextlib.suppress(ValueError, OSError):
+                record = json.loads(journal.read_text())
+                if record.get("n_events") == task.n_events and storage.sha256_file(task.path) == record.get("sha256"):
+                    adopted[task.index] = record
+        if task.index not in adopted:
+            journal.unlink(missing_ok=True)
+    if adopted:
+        storage.record_shards(root, tasks[0].sample, adopted)
+        shards.update({str(i): r for i, r in adopted.items()})
+        for record in adopted.values():
+            _journal_path(root / record["file"]).unlink(missing_ok=True)
+    return len(adopted)
 
 
 # ------------------------------------------------------------------------------------------- driver side
@@ -271,6 +325,8 @@ def generate(cfg: GenerationConfig, *, progress: bool = True) -> dict[str, Any]:
     entry = _claim_sample(cfg)
     _remove_stale_temporaries(root / cfg.sample)
     tasks = plan_shards(cfg)
+    if n := _adopt_finished_shards(root, tasks, entry["shards"]):
+        log.info("%s: %d finished shard(s) missing from the manifest were verified and recorded", cfg.sample, n)
     todo = [t for t in tasks if not _is_complete(root, t, entry["shards"])]
     done = len(tasks) - len(todo)
     if done:
@@ -282,14 +338,17 @@ def generate(cfg: GenerationConfig, *, progress: bool = True) -> dict[str, Any]:
     total = sum(t.n_events for t in todo)
     bar = tqdm(total=total, unit="evt", desc=f"{cfg.sample}", disable=not progress, smoothing=0.1, dynamic_ncols=True)
     t0 = time.perf_counter()
+    shard_log = _ShardLog(root, cfg.sample)
     with _signals_interrupt():
         try:
-            if workers == 1:
-                for task in todo:
-                    record = generate_shard(task, report=bar.update)
-                    storage.record_shard(root, cfg.sample, task.index, record)
-            else:
-                _run_pool(todo, workers, root, cfg.sample, bar)
+            try:
+                if workers == 1:
+                    for task in todo:
+                        shard_log.add(task.index, generate_shard(task, report=bar.update))
+                else:
+                    _run_pool(todo, workers, root, cfg.sample, bar, shard_log)
+            finally:
+                shard_log.flush()
         except (KeyboardInterrupt, WorkerDied) as exc:
             bar.close()
             shards = storage.load_manifest(root)["samples"][cfg.sample]["shards"]
@@ -320,7 +379,7 @@ def _command(cfg: GenerationConfig) -> str:
     return generate_command(cfg)
 
 
-def _run_pool(todo: list[ShardTask], workers: int, root: Path, sample: str, bar) -> None:
+def _run_pool(todo: list[ShardTask], workers: int, root: Path, sample: str, bar, shard_log: _ShardLog) -> None:
     """Generate ``todo`` on ``workers`` processes, recording each shard as it completes.
 
     On any exception (Ctrl-C, SIGTERM, a failing shard) the workers are stopped and their
@@ -353,7 +412,7 @@ def _run_pool(todo: list[ShardTask], workers: int, root: Path, sample: str, bar)
                     record = fut.result()
                 except BrokenProcessPool:
                     raise WorkerDied("a worker process died (killed, or out of memory?)") from None
-                storage.record_shard(root, sample, task.index, record)
+                shard_log.add(task.index, record)
     except BaseException:
         if pool is not None:
             _stop_workers(pool)

@@ -108,6 +108,50 @@ def kinematics(px, py, pz, e):
     return pt, eta, phi, m, rap
 
 
+_P4 = ("px", "py", "pz", "E")
+
+
+def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(start, start + length)`` for each segment, without a Python loop."""
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
+
+
+def jet_pt_upper_bound(
+    px: np.ndarray, py: np.ndarray, counts: np.ndarray, n_directions: int = 32, n_bins: int = 128
+) -> np.ndarray:
+    """Per event, an upper bound on the transverse momentum of any jet that can be made of its particles.
+
+    For any subset S of particles with summed transverse momentum V (an E-scheme jet's pT is
+    |V|) and a unit vector n at angle at most pi/K from V's direction,
+    ``|V| cos(pi/K) <= n.V <= f(n) = sum_i max(0, n.p_i)`` (the terms added are not negative).
+    With the particles' pT summed in ``n_bins`` bins of phi, ``f(n) <= sum_b pT_b c_b(n)`` where
+    ``c_b(n)`` is the largest ``max(0, cos(phi - phi_n))`` over bin b. So the maximum of that sum
+    over K equally spaced directions, divided by cos(pi/K), bounds every jet's pT, for any jet
+    algorithm: an event whose bound is not above the trigger cannot pass it and need not be
+    clustered. It is raised by a relative 1e-9 to stay above rounding in the clustering.
+    """
+    n_events = len(counts)
+    if n_events == 0:
+        return np.zeros(0)
+    pt = np.hypot(px, py)
+    phi = np.arctan2(py, px) % (2 * np.pi)
+    b = np.minimum((phi * (n_bins / (2 * np.pi))).astype(np.int64), n_bins - 1)
+    event = np.repeat(np.arange(n_events), counts)
+    binned = np.bincount(event * n_bins + b, weights=pt, minlength=n_events * n_bins).reshape(n_events, n_bins)
+    return (binned @ _bin_reach(n_bins, n_directions)).max(axis=1) / np.cos(np.pi / n_directions) * (1 + 1e-9)
+
+
+def _bin_reach(n_bins: int, n_directions: int) -> np.ndarray:
+    """(n_bins, n_directions): the largest max(0, cos(phi - theta_k)) over phi in each bin."""
+    edges = np.arange(n_bins + 1) * (2 * np.pi / n_bins)
+    theta = np.arange(n_directions) * (2 * np.pi / n_directions)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    inside = ((theta - lo) % (2 * np.pi)) <= (hi - lo)  # the direction falls in the bin
+    ends = np.maximum(np.cos(lo - theta), np.cos(hi - theta))
+    return np.where(inside, 1.0, np.maximum(ends, 0.0))
+
+
 def build_events(particles: ak.Array, cfg: JetConfig = JetConfig()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Cluster events and compute the schema columns.
 
@@ -122,20 +166,28 @@ def build_events(particles: ak.Array, cfg: JetConfig = JetConfig()) -> tuple[np.
     """
     n_in = len(particles)
     silence_fastjet_banner()
-    cs = fastjet.ClusterSequence(particles, fastjet.JetDefinition(fastjet.antikt_algorithm, cfg.R))
+    passed = np.zeros(n_in, bool)
+    flat_in = {f: ak.to_numpy(ak.flatten(particles[f])).astype(np.float64) for f in _P4}
+    counts_in = ak.to_numpy(ak.num(particles)).astype(np.int64)
+    # Events whose jets cannot reach the trigger are not clustered (exact: see jet_pt_upper_bound).
+    may_pass = jet_pt_upper_bound(flat_in["px"], flat_in["py"], counts_in) > cfg.trigger_pt
+    if not may_pass.any():
+        return passed, empty_columns(cfg)
+    candidates = particles[may_pass]
+    cs = fastjet.ClusterSequence(candidates, fastjet.JetDefinition(fastjet.antikt_algorithm, cfg.R))
     jets = cs.inclusive_jets(cfg.jet_ptmin)
-    cidx = cs.constituent_index(cfg.jet_ptmin)
     jpt = np.hypot(jets.px, jets.py)
     order = ak.argsort(jpt, axis=1, ascending=False)
     lead_pt = ak.to_numpy(ak.fill_none(ak.firsts(jpt[order]), 0.0))
-    passed = (ak.to_numpy(ak.num(jpt)) >= 2) & (lead_pt > cfg.trigger_pt)
-    if n_in == 0 or not passed.any():
+    ok = (ak.to_numpy(ak.num(jpt)) >= 2) & (lead_pt > cfg.trigger_pt)
+    if not ok.any():
         return passed, empty_columns(cfg)
+    passed[np.flatnonzero(may_pass)[ok]] = True
 
-    top2 = order[passed][:, :2]
-    j4 = jets[passed][top2]
-    cons_idx = cidx[passed][top2]
-    vec = {f: ak.to_numpy(j4[f]).astype(np.float64) for f in ("px", "py", "pz", "E")}  # (n, 2)
+    top2 = order[ok][:, :2]
+    j4 = jets[ok][top2]
+    cons_idx = cs.constituent_index(cfg.jet_ptmin)[ok][top2]  # (n, 2, constituents): index in the event
+    vec = {f: ak.to_numpy(j4[f]).astype(np.float64) for f in _P4}  # (n, 2)
     pt, eta, phi, m, _ = kinematics(vec["px"], vec["py"], vec["pz"], vec["E"])
     n = len(pt)
     swap = m[:, 1] > m[:, 0]  # jet 1 = heavier
@@ -148,17 +200,18 @@ def build_events(particles: ak.Array, cfg: JetConfig = JetConfig()) -> tuple[np.
     tot = {f: vec[f].sum(axis=1) for f in vec}
     mjj = np.sqrt(np.maximum(tot["E"] ** 2 - tot["px"] ** 2 - tot["py"] ** 2 - tot["pz"] ** 2, 0.0))
 
-    # Constituents of all 2n jets, jets 1 first then jets 2.
-    sel = particles[passed]
-    c_lead = sel[cons_idx[:, 0]]
-    c_sub = sel[cons_idx[:, 1]]
-    allc = ak.concatenate([c_lead, c_sub], axis=0)
+    # Constituents of all 2n jets, jets 1 (heavier) first then jets 2, as flat arrays.
+    event_start = np.concatenate([[0], np.cumsum(counts_in)[:-1]])[may_pass][ok]
+    per_jet = ak.flatten(cons_idx, axis=1)  # 2n jets, event-major: (e0 j_a, e0 j_b, e1 j_a, ...)
+    jet_counts = ak.to_numpy(ak.num(per_jet)).astype(np.int64)
+    index = ak.to_numpy(ak.flatten(per_jet)).astype(np.int64) + np.repeat(np.repeat(event_start, 2), jet_counts)
     ar = np.arange(n)
-    perm = np.concatenate([np.where(swap, ar + n, ar), np.where(swap, ar, ar + n)])
-    allc = allc[perm]
-    counts = ak.to_numpy(ak.num(allc))
-    flat = {f: ak.to_numpy(ak.flatten(allc[f])).astype(np.float64) for f in ("px", "py", "pz", "E")}
+    jet_order = np.concatenate([2 * ar + swap, 2 * ar + ~swap])  # heavier jets, then the others
+    counts = jet_counts[jet_order]
+    index = index[_segments(np.concatenate([[0], np.cumsum(jet_counts)[:-1]])[jet_order], counts)]
+    flat = {f: flat_in[f][index] for f in _P4}
     jet_id = np.repeat(np.arange(2 * n), counts)
+    allc = particles_from_arrays(flat["px"], flat["py"], flat["pz"], flat["E"], counts)
 
     taus = nsubjettiness(allc, flat, jet_id, beta=cfg.tau_beta, R0=cfg.tau_R0)  # (2n, 4)
 
@@ -226,7 +279,7 @@ def nsubjettiness(
         float64 array of shape (n_jets, n_max).
     """
     if flat is None:
-        flat = {f: ak.to_numpy(ak.flatten(constituents[f])).astype(np.float64) for f in ("px", "py", "pz", "E")}
+        flat = {f: ak.to_numpy(ak.flatten(constituents[f])).astype(np.float64) for f in _P4}
     n_jets = len(constituents)
     if jet_id is None:
         jet_id = np.repeat(np.arange(n_jets), ak.to_numpy(ak.num(constituents)))
@@ -239,11 +292,13 @@ def nsubjettiness(
         with warnings.catch_warnings():  # fastjet warns about exclusive jets even for kt (a bug in its check)
             warnings.filterwarnings("ignore", message="dcut and exclusive jets")
             axes = cs.exclusive_jets_up_to(n_axes)
-        a = {f: ak.to_numpy(ak.fill_none(ak.pad_none(axes[f], n_axes, clip=True), np.nan)) for f in ("px", "py", "pz", "E")}
+        a = {f: ak.to_numpy(ak.fill_none(ak.pad_none(axes[f], n_axes, clip=True), np.nan)) for f in _P4}
         _, _, aphi, _, arap = kinematics(a["px"], a["py"], a["pz"], a["E"])  # (n_jets, n_axes), NaN = missing
-        d2 = (rap[:, None] - arap[jet_id]) ** 2 + wrap_phi(phi[:, None] - aphi[jet_id]) ** 2
-        with np.errstate(invalid="ignore"):
-            dmin = np.sqrt(np.nanmin(np.where(np.isnan(d2), np.inf, d2), axis=1))
+        d2min = np.full(len(pt), np.inf)
+        for k in range(n_axes):  # one axis at a time: no (constituents x axes) temporaries
+            d2 = (rap - arap[jet_id, k]) ** 2 + wrap_phi(phi - aphi[jet_id, k]) ** 2
+            np.fmin(d2min, d2, out=d2min)  # fmin skips the NaN of a missing axis
+        dmin = np.sqrt(d2min)
         num = np.bincount(jet_id, weights=pt * dmin**beta, minlength=n_jets)
         taus[:, n_axes - 1] = np.divide(num, norm, out=np.zeros(n_jets), where=norm > 0)
     return taus

@@ -216,10 +216,13 @@ def update_sample(root: Path | str, sample: str, update: Mapping[str, Any]) -> d
     return entry
 
 
-def record_shard(root: Path | str, sample: str, index: int, info: Mapping[str, Any]) -> None:
-    """Add (or replace) one finished shard in a sample's manifest entry."""
+def record_shards(root: Path | str, sample: str, records: Mapping[int | str, Mapping[str, Any]]) -> None:
+    """Add (or replace) finished shards, ``{index: record}``, in a sample's manifest entry (one rewrite)."""
+    if not records:
+        return
     with edit_manifest(root) as manifest:
-        manifest["samples"].setdefault(sample, {}).setdefault("shards", {})[str(index)] = dict(info)
+        shards = manifest["samples"].setdefault(sample, {}).setdefault("shards", {})
+        shards.update({str(index): dict(info) for index, info in records.items()})
 
 
 # ---------------------------------------------------------------------------------------------- reading
