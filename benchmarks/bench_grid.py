@@ -40,6 +40,7 @@ FRACTIONS = (0.0, 0.001, 0.003, 0.01)
 SEEDS = (0, 1, 2)
 PHASES = ("load", "fit", "score", "evaluate", "statistics", "closure", "probes", "plots", "logging")
 GOAL_SECONDS = 3 * 3600.0
+PAPER_GRID = len(METHODS) * len(FRACTIONS) * len(SEEDS)
 DATA = {
     "tiny": ["data=tiny"],
     "default": ["data=lhco_like", "data.scale=default"],
@@ -145,6 +146,11 @@ def main() -> None:
     estimate = wall * n_grid / max(len(finished), 1)
     print(f"\nwall time / 3 h goal: {estimate / GOAL_SECONDS:.2f}"
           + ("" if len(finished) == n_grid else f" (extrapolated from {len(finished)} of {n_grid} runs)"))  # fmt: skip
+    if n_grid < PAPER_GRID and set(methods) == set(METHODS):
+        # a subset with every method once per (fraction, seed): a run's cost hardly depends on either
+        full = wall * PAPER_GRID / n_grid
+        print(f"the paper grid ({PAPER_GRID} runs) at this rate: {full:.0f} s ({full / 3600:.2f} h), "
+              f"{full / GOAL_SECONDS:.2f} of the 3 h goal (extrapolated from {n_grid} runs, every method)")
 
 
 if __name__ == "__main__":
