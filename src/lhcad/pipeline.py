@@ -785,7 +785,8 @@ def run(cfg: DictConfig) -> RunResult:
 
     With ``closure=rerun`` the same config then runs again at ``signal_frac=0`` as a sibling run
     ``<run name>-closure`` (tag ``closure_of`` = this run's id, same multirun parent); a failure
-    there is logged and marks only that run FAILED.
+    there is logged and marks only that run FAILED. Methods that learn from the injected signal
+    (``min_training_signal > 0``) get no sibling.
     """
     result = _run(cfg)
     if closure_mode(cfg) != "rerun":
