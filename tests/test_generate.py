@@ -340,3 +340,36 @@ def test_hints_for_a_manifest_without_physics(fixture_dir, tmp_path):
             cfg = config_from_hydra(compose("generate", overrides=words))
         assert cfg.identity_hash() == entry["config_hash"], (sample, words)
         assert cfg.n_events == entry["n_events"] and cfg.sample == sample
+
+
+def _generate_in_a_joblib_worker(out: str) -> int:
+    from lhcad.data.generate import generate as gen
+
+    return gen(make_config("signal", 200, Path(out), workers=2, shard_size=100), progress=False)["n_events"]
+
+
+def test_generation_inside_a_joblib_job_starts_its_workers(tmp_path):
+    """A ``train.py -m`` job (a loky process) that generates a missing sample: its generator workers
+    start (a spawned child inherits the parent's default start method, there ``loky``)."""
+    from joblib import Parallel, delayed
+
+    # n_jobs=2: even one task then runs in a loky process (n_jobs=1 would run it here)
+    (n,) = Parallel(n_jobs=2, backend="loky")([delayed(_generate_in_a_joblib_worker)(str(tmp_path))])
+    assert n == 200 and len(read_sample(tmp_path, "signal")["mjj"]) == 200
+
+
+def test_a_failed_generation_in_a_run_says_what_happened(tmp_path, monkeypatch):
+    """Only a configuration conflict is reported as one; a dead worker is named as such."""
+    from omegaconf import OmegaConf
+
+    from lhcad.data import generate as gen_module
+    from lhcad.pipeline import prepare_dataset
+
+    def dies(cfg, progress):
+        raise gen_module.WorkerDied("a worker process died (killed, or out of memory?)")
+
+    monkeypatch.setattr(gen_module, "generate", dies)
+    data = OmegaConf.load(Path(CONF_DIR) / "data" / "lhco_like.yaml")
+    data.root = str(tmp_path)
+    with pytest.raises(DatasetError, match=r"generating .*/qcd failed: a worker process died.*rerunning resumes"):
+        prepare_dataset(data, ("qcd",), images=False, progress=False)

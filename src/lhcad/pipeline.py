@@ -87,19 +87,19 @@ def prepare_dataset(data: Mapping[str, Any], samples: tuple[str, ...], *, images
     """
     root = dataset_root(data, images)
     if data.get("generate", False):
-        from lhcad.data.generate import generate
-
-        from lhcad.data.generate import GenerationError
+        from lhcad.data.generate import ConfigurationConflict, GenerationError, generate
 
         for sample in samples:
             try:
                 generate(_generation_config(data, sample, root, images), progress=progress)
-            except GenerationError:
+            except ConfigurationConflict:
                 raise DatasetError(
                     f"{root}/{sample} was generated with other settings than data={data.get('name')} asks for "
                     f"(data.seed={data.get('seed')}, data.scale={data.get('scale')}); point data.root at a new "
                     "directory, or set data.seed and data.scale to the ones it was made with"
                 ) from None
+            except GenerationError as err:
+                raise DatasetError(f"generating {root}/{sample} failed: {err} (rerunning resumes it)") from None
     elif not (root / "manifest.json").is_file():
         hint = (
             convert_hint(root)
@@ -795,7 +795,10 @@ def run(cfg: DictConfig) -> RunResult:
         log.info("closure rerun skipped: signal_frac is already 0, the run is its own closure")
         return result
     if get_class(str(cfg.method._target_)).min_training_signal > 0:
-        log.info("closure rerun skipped: %s learns from injected signal, so at signal_frac=0 it has nothing to learn", _method_name(cfg))
+        log.info(
+            "closure rerun skipped: %s learns from injected signal, so at signal_frac=0 it has nothing to learn",
+            _method_name(cfg),
+        )
         return result
     rerun = copy.deepcopy(cfg)
     with open_dict(rerun):

@@ -31,7 +31,8 @@ def main() -> None:
         vis = visible_final_state(pythia.nextBatch(n))
         flat = {f: ak.to_numpy(ak.flatten(vis[f])).astype(np.float32) for f in ("px", "py", "pz", "E")}
         counts = ak.to_numpy(ak.num(vis)).astype(np.int64)
-        particles = ak.unflatten(ak.zip({f: v.astype(np.float64) for f, v in flat.items()}, with_name="Momentum4D"), counts)
+        as64 = {f: v.astype(np.float64) for f, v in flat.items()}
+        particles = ak.unflatten(ak.zip(as64, with_name="Momentum4D"), counts)
         passed, cols = build_events(particles, JETS)
         store |= {f"{sample}/particles/{f}": v for f, v in flat.items()}
         store[f"{sample}/particles/counts"] = counts

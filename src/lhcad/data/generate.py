@@ -43,7 +43,11 @@ from lhcad.data.generation_config import SAMPLE_LABELS, GenerationConfig, genera
 log = logging.getLogger(__name__)
 
 class GenerationError(RuntimeError):
-    """A generation request conflicts with what is already on disk."""
+    """Generation cannot go on: a bad request, a dead worker, an unusable output directory."""
+
+
+class ConfigurationConflict(GenerationError):
+    """The sample on disk was generated with another configuration (nothing is changed)."""
 
 
 class WorkerDied(GenerationError):
@@ -237,7 +241,7 @@ def _claim_sample(cfg: GenerationConfig) -> dict[str, Any]:
             diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
 
             cmd = regenerate_command(root, cfg.sample, entry)
-            raise GenerationError(
+            raise ConfigurationConflict(
                 f"{root}/{cfg.sample} was generated with a different configuration (differs in: "
                 f"{', '.join(diff) or 'format'}); generate into another out= directory"
                 + (f", or complete the one there with `{cmd}`" if cmd else "")
@@ -394,11 +398,12 @@ def _run_pool(todo: list[ShardTask], workers: int, root: Path, sample: str, bar,
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
         try:
-            queue = ctx.Queue()
-            pool = ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, os.getpid())
-            )
-            pending: dict[Future, ShardTask] = {pool.submit(generate_shard, t): t for t in todo}
+            with _standard_start_method():
+                queue = ctx.Queue()
+                pool = ProcessPoolExecutor(
+                    max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, os.getpid())
+                )
+                pending: dict[Future, ShardTask] = {pool.submit(generate_shard, t): t for t in todo}
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -424,6 +429,25 @@ def _run_pool(todo: list[ShardTask], workers: int, root: Path, sample: str, bar,
         if queue is not None:
             queue.close()
             queue.join_thread()
+
+
+@contextlib.contextmanager
+def _standard_start_method() -> Iterator[None]:
+    """While the workers start: a standard default start method for this process.
+
+    A spawned child sets its default start method to its parent's. Inside a joblib (loky) worker,
+    e.g. a ``train.py -m`` job generating a missing sample, that default is ``loky``, which the
+    child does not know, and every worker dies on start.
+    """
+    current = mp.get_start_method(allow_none=True)
+    if current in (None, *mp.get_all_start_methods()):
+        yield
+        return
+    mp.set_start_method("spawn", force=True)
+    try:
+        yield
+    finally:
+        mp.set_start_method(current, force=True)
 
 
 def _stop_workers(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
