@@ -7,7 +7,7 @@ import pytest
 
 from lhcad.data.dataset import inject_signal, load_dataset, split
 from lhcad.data.events import Events, jet_features
-from lhcad.data.storage import DatasetError, record_shard, shard_path, write_shard
+from lhcad.data.storage import DatasetError, record_shards, shard_path, write_shard
 from lhcad.data.transforms import (
     DEFAULT_JES_SHIFT,
     apply_jes,
@@ -136,7 +136,7 @@ def test_load_dataset(tmp_path) -> None:
                 path = shard_path(tmp_path, name, i)
                 digest = write_shard(path, dict(part.items()))
                 info = {"file": str(path.relative_to(tmp_path)), "sha256": digest, "n_events": len(part)}
-                record_shard(tmp_path, name, i, info)
+                record_shards(tmp_path, name, {i: info})
     data = load_dataset(tmp_path, columns=["mjj", "label"])
     assert list(data) == ["qcd", "signal"]
     assert len(data["qcd"]) == 30 and len(data["signal"]) == 10
