@@ -16,6 +16,8 @@ child run from the MLflow store and prints:
   (process start, store, params) next to the wall time;
 * the ten slowest runs;
 * the ratio of the wall time to the 3-hour goal (or of an extrapolation, for a partial grid).
+* for a subset that runs every method (``--fractions 0.01 --seeds 0``, say), the paper grid's
+  wall time extrapolated from it: a run's cost hardly depends on the fraction or the seed.
 
 ``--data`` picks ``data=lhco_like`` at ``data.scale`` default (100k QCD, generated into
 ``data/lhco_like/default`` on first use) or full (1M QCD, paper scale), or the committed fixture
