@@ -90,11 +90,14 @@ def test_resume_after_a_killed_run(tmp_path):
            "workers=1", "seed=7", f"out={tmp_path}", "progress=false"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "signal").glob("shard_*.h5")):
+    while time.time() < deadline and not list((tmp_path / "signal").glob("shard_*.record.json")):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "signal").glob("shard_*.h5")}
+    # finished = shard file and its journal written (a shard caught between the two is made again)
+    journals = (tmp_path / "signal").glob("shard_*.record.json")
+    finished = {p.with_name(p.name.replace(".record.json", ".h5")) for p in journals}
+    finished = {p: p.stat().st_mtime_ns for p in finished}
     assert 1 <= len(finished) < 6, "the kill should land mid-run"
     rerun = subprocess.run(cmd, check=True, capture_output=True, text=True)
     assert f"{len(finished)} finished shard(s) missing from the manifest were verified and recorded" in rerun.stdout
